@@ -1,0 +1,201 @@
+"""OneStepRestorer: the single restoration module for every model size.
+
+One network pass per face: VAE-encode the aligned low-quality face, (optionally) noise the latent
+to the method's timestep, predict epsilon with the UNet conditioned on a prompt (the constant
+caption embedding or the visual prompt) and on reference keys/values in the up-block
+self-attention, take x0 in one DDPM step, VAE-decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Optional
+
+import torch
+from torch import nn
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import vae_io
+from .attention import RecordingDone, ReferenceContext, install_processors
+from .config import RestorerConfig
+from .reference_kv import ReferenceKV
+from .schedule import add_noise, alphas_cumprod, predict_x0
+
+MODES = ("auto", "references", "visual_prompt", "both", "none")
+
+
+def _build_unet(cfg: RestorerConfig) -> UNet2DConditionModel:
+    unet = UNet2DConditionModel(**cfg.unet)
+    if cfg.freeu is not None:
+        unet.enable_freeu(*cfg.freeu)
+    return unet
+
+
+def _build_vae(cfg: RestorerConfig, skip_convs: bool) -> AutoencoderKL:
+    vae = AutoencoderKL(**cfg.vae)
+    if skip_convs:
+        vae_io.add_skip_convs(vae, cfg.vae)
+    return vae
+
+
+class OneStepRestorer(nn.Module):
+    """Restores aligned faces [B, 3, S, S] in 0..1 in one UNet pass (see module docstring)."""
+
+    def __init__(self, config: RestorerConfig):
+        super().__init__()
+        self.config = config
+        self.vae = _build_vae(config, config.vae_skip_convs)
+        self.unet = _build_unet(config)
+        self.ref_unet = _build_unet(config) if config.separate_ref_unet else None
+        self.ref_vae = _build_vae(config, False) if config.separate_ref_unet else None
+        self.vre = None
+        if config.vre is not None:
+            from .vre import VisualPromptEmbedder
+
+            self.vre = VisualPromptEmbedder(**config.vre)
+        self.prompt_embeds = nn.Parameter(
+            torch.zeros(1, config.prompt_tokens, config.cross_attention_dim), requires_grad=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod(
+            config.num_train_timesteps, config.beta_start, config.beta_end), persistent=False)
+
+        self._ctx = ReferenceContext(train_input=config.train_input, use_adain=config.use_adain)
+        self.reference_sites = install_processors(self.unet, self._ctx)
+        if self.ref_unet is not None:
+            self._ref_ctx = ReferenceContext()
+            install_processors(self.ref_unet, self._ref_ctx)
+        else:
+            self._ref_ctx = self._ctx
+        self._weight_hash: Optional[str] = None
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_embeds.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.prompt_embeds.dtype
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def weight_hash(self) -> str:
+        """sha256 over every tensor (sorted names); keys the reference K/V cache."""
+        if self._weight_hash is None:
+            h = hashlib.sha256(self.config.to_json().encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._weight_hash = h.hexdigest()
+        return self._weight_hash
+
+    def invalidate_weight_hash(self) -> None:
+        """Call after changing weights in place (training, loading)."""
+        self._weight_hash = None
+
+    # ----------------------------------------------------------------------------- pieces
+    def _latents(self, vae, x: torch.Tensor, generator, keep_skips: bool = False):
+        dist, skips = vae_io.encode(vae, x, keep_skips=keep_skips)
+        z = dist.sample(generator) if self.config.latent_sample == "sample" else dist.mode()
+        return z * self.scaling_factor, skips
+
+    def _noise(self, z: torch.Tensor, t: int, generator) -> torch.Tensor:
+        noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return add_noise(z, noise, self.alphas_cumprod[t])
+
+    def resolve_mode(self, mode: str, refs: Optional[ReferenceKV]) -> tuple:
+        """(use_references, use_visual_prompt) for a requested mode, with clear errors."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        has_refs = refs is not None and refs.num_refs > 0
+        if mode == "auto":
+            return has_refs, self.vre is not None
+        if mode in ("references", "both") and not has_refs:
+            raise ValueError(f"mode {mode!r} needs reference faces: give a reference bank or use "
+                             "mode 'visual_prompt' / 'auto'")
+        if mode in ("visual_prompt", "both") and self.vre is None:
+            raise ValueError(f"this {self.config.method} restorer has no visual-prompt embedder; "
+                             "use mode 'references' or 'auto'")
+        return mode in ("references", "both"), mode in ("visual_prompt", "both")
+
+    def prompt(self, x: torch.Tensor, use_visual_prompt: bool) -> torch.Tensor:
+        """Cross-attention context [B, tokens, C]: visual prompt of x in [-1, 1], or the constant."""
+        if use_visual_prompt:
+            return self.vre(x).to(x.dtype)
+        return self.prompt_embeds.to(x.dtype).expand(x.shape[0], -1, -1)
+
+    # ----------------------------------------------------------------------------- references
+    def encode_references(self, refs: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                          generator=None) -> ReferenceKV:
+        """Reference faces [R, 3, S, S] (or per face [B, R, 3, S, S]) in 0..1 -> ReferenceKV.
+
+        Runs the reference UNet (InstantRestore's frozen original UNet, or the restoring UNet
+        itself) on the references' latents noised to `ref_timestep`, with the constant prompt,
+        and records every up-block self-attention layer's keys and values.
+        """
+        per_face = refs.dim() == 5
+        if not per_face:
+            refs = refs.unsqueeze(0)
+        bk, r = refs.shape[:2]
+        if mask is not None and mask.shape != (bk, r):
+            raise ValueError(f"reference mask must have shape {(bk, r)}, got {tuple(mask.shape)}")
+        flat = refs.reshape(bk * r, *refs.shape[2:]).to(self.device, self.dtype) * 2 - 1
+        vae = self.ref_vae if self.ref_vae is not None else self.vae
+        unet = self.ref_unet if self.ref_unet is not None else self.unet
+        z, _ = self._latents(vae, flat, generator)
+        t = self.config.ref_timestep
+        if self.config.add_noise:
+            z = self._noise(z, t, generator)
+        ctx = self._ref_ctx
+        ctx.mode, ctx.recorded, ctx.record_limit = "record", {}, len(self.reference_sites)
+        try:
+            unet(z, t, encoder_hidden_states=self.prompt(flat, False))
+        except RecordingDone:
+            pass
+        finally:
+            ctx.mode, ctx.record_limit = "off", 0
+        recorded, ctx.recorded = ctx.recorded, {}
+        keys, values = [], []
+        for layer in self.reference_sites:
+            k, v = recorded[layer]
+            keys.append(k.reshape(bk, r, *k.shape[1:]))
+            values.append(v.reshape(bk, r, *v.shape[1:]))
+        return ReferenceKV(list(self.reference_sites), keys, values, mask)
+
+    @contextlib.contextmanager
+    def _injecting(self, refs: Optional[ReferenceKV]):
+        ctx = self._ctx
+        if refs is None:
+            yield
+            return
+        if list(refs.layers) != list(self.reference_sites):
+            raise ValueError("these reference keys/values were made for a different architecture; "
+                             "rebuild the reference bank for this restorer")
+        ctx.mode = "inject"
+        ctx.keys = dict(zip(refs.layers, refs.keys))
+        ctx.values = dict(zip(refs.layers, refs.values))
+        ctx.mask = refs.mask
+        try:
+            yield
+        finally:
+            ctx.mode, ctx.keys, ctx.values, ctx.mask = "off", {}, {}, None
+
+    # ----------------------------------------------------------------------------- restore
+    def forward(self, lq: torch.Tensor, refs: Optional[ReferenceKV] = None, mode: str = "auto",
+                generator=None) -> torch.Tensor:
+        """Aligned faces [B, 3, S, S] in 0..1 -> restored faces [B, 3, S, S] in 0..1."""
+        use_refs, use_vp = self.resolve_mode(mode, refs)
+        cfg = self.config
+        x = lq.to(self.device, self.dtype) * 2 - 1
+        z, skips = self._latents(self.vae, x, generator, keep_skips=cfg.vae_skip_convs)
+        t = cfg.timestep
+        z_t = self._noise(z, t, generator) if cfg.add_noise else z
+        context = self.prompt(x, use_vp)
+        with self._injecting(refs if use_refs else None):
+            eps = self.unet(z_t, t, encoder_hidden_states=context).sample
+        x0 = predict_x0(z_t, eps, self.alphas_cumprod[t], cfg.x0_in_float64)
+        img = vae_io.decode(self.vae, x0 / self.scaling_factor, skips, cfg.skip_gamma)
+        return ((img.clamp(-1, 1) + 1) / 2).to(lq.dtype)

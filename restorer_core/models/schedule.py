@@ -1,0 +1,33 @@
+"""One-step DDPM math shared by both methods (scaled-linear betas, epsilon prediction)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                   beta_end: float = 0.012) -> torch.Tensor:
+    """Cumulative alphas exactly as diffusers' DDPM/DDIM schedulers compute them (float32)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def add_noise(z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Forward-diffuse clean latents z to the timestep whose cumulative alpha is alpha_bar."""
+    a = alpha_bar.to(device=z.device, dtype=z.dtype)
+    return a.sqrt() * z + (1 - a).sqrt() * noise
+
+
+def predict_x0(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
+               in_float64: bool = False) -> torch.Tensor:
+    """x0 = (z_t - sqrt(1 - a) * eps) / sqrt(a); OSDFace evaluates it in float64.
+
+    This is what diffusers' DDPMScheduler.step returns as pred_original_sample for a one-step
+    schedule with clip_sample off (SD-Turbo's and SD 2.1's scheduler configs).
+    """
+    out_dtype = z_t.dtype
+    if in_float64:
+        z_t, eps = z_t.double(), eps.double()
+    a = alpha_bar.to(device=z_t.device, dtype=z_t.dtype)
+    x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+    return x0.to(out_dtype)
