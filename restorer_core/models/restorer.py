@@ -185,15 +185,20 @@ class OneStepRestorer(nn.Module):
 
     # ----------------------------------------------------------------------------- restore
     def forward(self, lq: torch.Tensor, refs: Optional[ReferenceKV] = None, mode: str = "auto",
-                generator=None) -> torch.Tensor:
-        """Aligned faces [B, 3, S, S] in 0..1 -> restored faces [B, 3, S, S] in 0..1."""
+                generator=None, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Aligned faces [B, 3, S, S] in 0..1 -> restored faces [B, 3, S, S] in 0..1.
+
+        context: a precomputed cross-attention prompt [B, tokens, C] that replaces the one the
+        mode selects (training passes the visual prompt's straight-through version here).
+        """
         use_refs, use_vp = self.resolve_mode(mode, refs)
         cfg = self.config
         x = lq.to(self.device, self.dtype) * 2 - 1
         z, skips = self._latents(self.vae, x, generator, keep_skips=cfg.vae_skip_convs)
         t = cfg.timestep
         z_t = self._noise(z, t, generator) if cfg.add_noise else z
-        context = self.prompt(x, use_vp)
+        if context is None:
+            context = self.prompt(x, use_vp)
         with self._injecting(refs if use_refs else None):
             eps = self.unet(z_t, t, encoder_hidden_states=context).sample
         x0 = predict_x0(z_t, eps, self.alphas_cumprod[t], cfg.x0_in_float64)
