@@ -131,18 +131,21 @@ class ReferenceAttnProcessor(SDPAProcessor):
             ref_v = adain_values(ref_v, value)  # -> [B, R, T, C]
         ref_k = ref_k.expand(b, -1, -1, -1).reshape(b, r * t, c)
         ref_v = ref_v.expand(b, -1, -1, -1).reshape(b, r * t, c)
-        if ctx.train_input:
+        partial = ctx.mask is not None and not bool(ctx.mask.all())
+        # Own keys join when the model was trained that way, and also (refs-only models) for
+        # faces whose every reference is masked out: they fall back to plain self-attention.
+        with_own = ctx.train_input or partial
+        if with_own:
             k_all = torch.cat([key, ref_k], dim=1)
             v_all = torch.cat([value, ref_v], dim=1)
         else:
             k_all, v_all = ref_k, ref_v
 
         mask = None
-        if ctx.mask is not None and not bool(ctx.mask.all()):
+        if partial:
             ref_ok = ctx.mask.to(query.device).repeat_interleave(t, dim=1).expand(b, -1)  # [B, R*T]
-            if ctx.train_input:
-                ref_ok = torch.cat([ref_ok.new_ones(b, n), ref_ok], dim=1)
-            mask = ref_ok[:, None, None, :]
+            own_ok = ref_ok.new_ones(b, n) if ctx.train_input else ~ref_ok.any(dim=1, keepdim=True).expand(b, n)
+            mask = torch.cat([own_ok, ref_ok], dim=1)[:, None, None, :]
         if ctx.probe is not None:
             ctx.probe(self.layer, _split_heads(query, attn.heads), _split_heads(ref_k, attn.heads),
                       attn.scale, n)
