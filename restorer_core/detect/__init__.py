@@ -1,0 +1,61 @@
+"""Face detectors behind one protocol: `detect(rgb_uint8) -> list[DetectedFace]`.
+
+Backends: "yunet" (default, shipped, OpenCV only), "scrfd" (user's insightface .onnx,
+needs onnxruntime), "facexlib" (RetinaFace, needs facexlib + torchvision and its weights).
+Landmarks always come in the order image-left eye, image-right eye, nose,
+image-left mouth corner, image-right mouth corner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import DetectorError
+from .base import (
+    BaseDetector,
+    DetectorConfig,
+    DetectorModelNotFoundError,
+    FaceDetector,
+    box_iou,
+    nms,
+)
+
+DETECTOR_NAMES = ("yunet", "scrfd", "facexlib")
+
+__all__ = [
+    "BaseDetector",
+    "DETECTOR_NAMES",
+    "DetectorConfig",
+    "DetectorModelNotFoundError",
+    "FaceDetector",
+    "box_iou",
+    "create_detector",
+    "nms",
+]
+
+
+def create_detector(
+    name: str = "yunet",
+    model_path: Optional[Union[str, Path]] = None,
+    score_threshold: float = 0.6,
+    nms: float = 0.3,
+    max_side: int = 1600,
+) -> FaceDetector:
+    """Build a detector by backend name; model_path overrides the backend's default weights."""
+    config = DetectorConfig(score_threshold=score_threshold, nms_threshold=nms, max_side=max_side)
+    path = Path(model_path) if model_path not in (None, "") else None
+    key = name.strip().lower()
+    if key == "yunet":
+        from .yunet import YuNetDetector
+
+        return YuNetDetector(config, path)
+    if key == "scrfd":
+        from .scrfd import SCRFDDetector
+
+        return SCRFDDetector(config, path)
+    if key == "facexlib":
+        from .facexlib_backend import FacexlibDetector
+
+        return FacexlibDetector.from_path(config, path)
+    raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTOR_NAMES)}.")
