@@ -1,0 +1,214 @@
+"""Detect -> order -> select -> align, for single images and for video frames.
+
+A face's `face_index` is its left-to-right rank in the image (by box centre x, then y), so
+"face 0" means the same thing in the UI, in selection and in the output. For video, indices
+follow people from frame to frame: faces are matched to the previous frames' boxes (IoU, or
+centre distance for fast motion), so a face keeps its index while it stays in view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .align import align_face
+from .detect.base import FaceDetector, box_iou
+from .faces import AlignedFace, DetectedFace
+from .select import FaceSelection, select_faces
+
+SimilarityFn = Callable[[list[AlignedFace]], Sequence[float]]
+
+
+@dataclass
+class SkippedFace:
+    detection: DetectedFace
+    face_index: int
+    reason: str
+    image_index: int = 0
+
+
+@dataclass
+class LocateReport:
+    """Faces chosen for restoration and those left out, with why."""
+
+    faces: list[AlignedFace] = field(default_factory=list)
+    skipped: list[SkippedFace] = field(default_factory=list)
+
+
+def box_centre(box: np.ndarray) -> tuple[float, float]:
+    return float(box[0] + box[2]) / 2.0, float(box[1] + box[3]) / 2.0
+
+
+def sort_left_to_right(faces: Sequence[DetectedFace]) -> list[DetectedFace]:
+    """Order by box centre x, then y (stable for exact ties)."""
+    return sorted(faces, key=lambda f: box_centre(f.box))
+
+
+def _select_and_align(
+    image: np.ndarray,
+    ordered: Sequence[DetectedFace],
+    indices: Sequence[int],
+    crop_size: int,
+    selection: Optional[FaceSelection],
+    image_index: int,
+    similarity_fn: Optional[SimilarityFn],
+) -> LocateReport:
+    needs_crops_first = selection is not None and selection.mode == "similar"
+    if needs_crops_first:
+        if similarity_fn is None:
+            raise ValueError(
+                "selection mode 'similar' needs a similarity function (an identity embedder "
+                "compared with the reference); choose another mode or provide one."
+            )
+        aligned = [align_face(image, d, crop_size, image_index, i) for d, i in zip(ordered, indices)]
+        scores = list(similarity_fn(aligned)) if aligned else []
+        result = select_faces(aligned, selection, scores)
+        skipped = [SkippedFace(f.detection, f.face_index, r, image_index) for f, r in result.skipped]
+        return LocateReport(list(result.kept), skipped)
+
+    stubs = [_IndexedDetection(d, i) for d, i in zip(ordered, indices)]
+    result = select_faces(stubs, selection)
+    faces = [align_face(image, s.detection, crop_size, image_index, s.face_index) for s in result.kept]
+    skipped = [SkippedFace(s.detection, s.face_index, r, image_index) for s, r in result.skipped]
+    return LocateReport(faces, skipped)
+
+
+@dataclass
+class _IndexedDetection:
+    """A detection carrying its rank, so selection sees the same index the user sees."""
+
+    detection: DetectedFace
+    face_index: int
+
+    @property
+    def box(self) -> np.ndarray:
+        return self.detection.box
+
+
+def locate_faces_report(
+    image_rgb_uint8: np.ndarray,
+    detector: FaceDetector,
+    crop_size: int = 512,
+    selection: Optional[FaceSelection] = None,
+    image_index: int = 0,
+    similarity_fn: Optional[SimilarityFn] = None,
+) -> LocateReport:
+    """locate_faces, also returning the faces that were not selected and why."""
+    ordered = sort_left_to_right(detector.detect(image_rgb_uint8))
+    return _select_and_align(
+        image_rgb_uint8, ordered, range(len(ordered)), crop_size, selection, image_index,
+        similarity_fn,
+    )
+
+
+def locate_faces(
+    image_rgb_uint8: np.ndarray,
+    detector: FaceDetector,
+    crop_size: int = 512,
+    selection: Optional[FaceSelection] = None,
+    image_index: int = 0,
+    similarity_fn: Optional[SimilarityFn] = None,
+) -> list[AlignedFace]:
+    """Detect, order left to right, select and align the faces of one image."""
+    return locate_faces_report(
+        image_rgb_uint8, detector, crop_size, selection, image_index, similarity_fn
+    ).faces
+
+
+# ----------------------------------------------------------------------------- video
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Frame-to-frame identity matching.
+
+    min_iou: boxes overlapping at least this much are the same face; otherwise a face whose
+    centre moved less than max_centre_shift x its size still matches. max_gap: frames a face
+    may be missing before its index is retired.
+    """
+
+    min_iou: float = 0.3
+    max_centre_shift: float = 0.5
+    max_gap: int = 5
+
+
+@dataclass
+class _Track:
+    index: int
+    box: np.ndarray
+    last_seen: int
+
+
+def match_to_tracks(
+    boxes: np.ndarray, tracks: Sequence[_Track], config: TrackConfig
+) -> dict[int, int]:
+    """Greedy one-to-one matching of new boxes to tracks: {box position: track position}."""
+    if len(boxes) == 0 or len(tracks) == 0:
+        return {}
+    prev = np.stack([t.box for t in tracks])
+    iou = box_iou(boxes, prev)
+    cb = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    cp = (prev[:, :2] + prev[:, 2:]) / 2.0
+    dist = np.linalg.norm(cb[:, None, :] - cp[None, :, :], axis=2)
+    size = np.maximum(prev[:, 2] - prev[:, 0], prev[:, 3] - prev[:, 1])[None, :]
+    shift = dist / np.maximum(size, 1e-6)
+    ok = (iou >= config.min_iou) | (shift <= config.max_centre_shift)
+    # rank candidate pairs: overlap first, closeness second
+    score = np.where(ok, iou + (1.0 - np.minimum(shift, 1.0)) * 1e-3, -np.inf)
+    matches: dict[int, int] = {}
+    used_tracks: set[int] = set()
+    for flat in np.argsort(-score, axis=None, kind="stable"):
+        b, t = np.unravel_index(flat, score.shape)
+        if not np.isfinite(score[b, t]):
+            break
+        if b in matches or t in used_tracks:
+            continue
+        matches[int(b)] = int(t)
+        used_tracks.add(int(t))
+    return matches
+
+
+def locate_faces_batch(
+    frames: Sequence[np.ndarray],
+    detector: FaceDetector,
+    crop_size: int = 512,
+    selection: Optional[FaceSelection] = None,
+    track: bool = True,
+    track_config: Optional[TrackConfig] = None,
+    similarity_fn: Optional[SimilarityFn] = None,
+) -> list[list[AlignedFace]]:
+    """Faces for each frame; image_index is the frame number.
+
+    track=False: face_index is the left-to-right rank in each frame. track=True: the first
+    frame's faces are numbered left to right; later faces inherit the index of the face they
+    match in recent frames, and new faces get the next free numbers, left to right.
+    """
+    cfg = track_config or TrackConfig()
+    tracks: list[_Track] = []
+    next_index = 0
+    out: list[list[AlignedFace]] = []
+    for frame_no, frame in enumerate(frames):
+        ordered = sort_left_to_right(detector.detect(frame))
+        if not track:
+            indices = list(range(len(ordered)))
+        else:
+            tracks = [t for t in tracks if frame_no - t.last_seen <= cfg.max_gap]
+            boxes = np.array([d.box for d in ordered], dtype=np.float64).reshape(-1, 4)
+            matches = match_to_tracks(boxes, tracks, cfg)
+            indices = []
+            for pos, det in enumerate(ordered):
+                if pos in matches:
+                    trk = tracks[matches[pos]]
+                    trk.box, trk.last_seen = np.asarray(det.box, dtype=np.float64), frame_no
+                    indices.append(trk.index)
+                else:
+                    tracks.append(_Track(next_index, np.asarray(det.box, dtype=np.float64), frame_no))
+                    indices.append(next_index)
+                    next_index += 1
+        report = _select_and_align(
+            frame, ordered, indices, crop_size, selection, frame_no, similarity_fn
+        )
+        out.append(sorted(report.faces, key=lambda f: f.face_index))
+    return out
