@@ -1,0 +1,1 @@
+"""Training-side tools: degradation, the face cache, datasets, losses and the identity embedder trainer."""
