@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,3 +247,95 @@ def test_osdface_missing_file_names_it(tmp_path):
     (fx.folder / "embedding_change_weights.pth").unlink()
     with pytest.raises(CheckpointError, match="embedding_change_weights.pth"):
         load_osdface(fx.folder, tmp_path / "base.safetensors", config=tiny_config("osdface"))
+
+
+# ----------------------------------------------------------------------------- download
+def _no_hub(monkeypatch):
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Hub must not be contacted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+def test_resolve_weights_offline_says_what_to_put_where(tmp_path, monkeypatch):
+    from restorer_core.errors import ModelNotFoundError
+    from restorer_core.loaders.download import resolve_weights
+
+    _no_hub(monkeypatch)
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_weights("osdface", tmp_path)
+    msg = str(err.value)
+    for part in ("pytorch_lora_weights.safetensors", "embedding_change_weights.pth", "associate_2.ckpt",
+                 str(tmp_path / "osdface"), "jkwang28/OSDFace"):
+        assert part in msg
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE"):
+        resolve_weights("sd21-base", tmp_path, allow_download=True)
+
+
+def test_resolve_weights_finds_files_on_disk(tmp_path, monkeypatch):
+    from restorer_core.loaders.download import resolve_weights
+
+    _no_hub(monkeypatch)
+    (tmp_path / "instantrestore").mkdir()
+    (tmp_path / "instantrestore" / "final_model_ckpt.pt").write_bytes(b"x")
+    assert resolve_weights("instantrestore", tmp_path) == tmp_path / "instantrestore" / "final_model_ckpt.pt"
+    (tmp_path / "v2-1_512-ema-pruned.safetensors").write_bytes(b"x")  # ComfyUI-style single file
+    assert resolve_weights("sd21-base", tmp_path) == tmp_path / "v2-1_512-ema-pruned.safetensors"
+
+
+def test_resolve_weights_downloads_only_when_allowed(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from restorer_core.loaders.download import resolve_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def fake_download(repo_id, filename, local_dir):
+        calls.append((repo_id, filename))
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}")
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    got = resolve_weights("sd-vae-ft-mse", tmp_path, allow_download=True)
+    assert got == tmp_path / "sd-vae-ft-mse"
+    assert calls == [("stabilityai/sd-vae-ft-mse", "config.json"),
+                     ("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors")]
+
+
+# ----------------------------------------------------------------------------- convert
+def test_convert_instantrestore_round_trips_through_project_format(tmp_path, ir):
+    from restorer_core.loaders.convert import convert_instantrestore
+    from restorer_core.loaders.project_format import load_restorer
+
+    fx, restorer = ir
+    out = convert_instantrestore(fx.path, tmp_path / "ir.safetensors", dtype=torch.float32, config=tiny_config())
+    again = load_restorer(out)
+    assert again.info["converted_from"] == "instantrestore-official"
+    for k, v in restorer.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    lq = torch.rand(1, 3, 32, 32)
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(again(lq, generator=gen()), restorer(lq, generator=gen()))
+
+
+def test_convert_never_overwrites_and_writes_nothing_on_failure(tmp_path, ir):
+    from restorer_core.loaders.convert import convert_instantrestore, main
+
+    fx, _ = ir
+    existing = tmp_path / "mine.safetensors"
+    existing.write_bytes(b"user data")
+    with pytest.raises(CheckpointError, match="already exists"):
+        convert_instantrestore(fx.path, existing, config=tiny_config())
+    assert existing.read_bytes() == b"user data"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(fx.path.read_bytes()[:4000])
+    before = set(tmp_path.iterdir())
+    assert main(["instantrestore", str(broken), str(tmp_path / "out.safetensors")]) == 2
+    assert set(tmp_path.iterdir()) == before
