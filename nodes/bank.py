@@ -1,0 +1,125 @@
+"""Reference Bank nodes: photos of the person -> REF_BANK (aligned reference faces) + a report.
+
+The bank itself is restorer-independent; each restorer derives its reference keys/values from
+it, cached on disk (restorer_core.bank) in ComfyUI's models/face_restore_onestep_cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..restorer_core.bank import build_bank, list_images, load_bank
+from ..restorer_core.errors import BankError
+from . import ops
+from .types import REF_BANK
+
+CATEGORY = "face restore/one-step"
+
+
+def _detector_widgets() -> dict:
+    from .detect import detector_inputs
+
+    widgets = detector_inputs()
+    widgets["align_size"] = ("INT", {"default": 512, "min": 128, "max": 1024, "step": 64,
+                             "tooltip": "Size the reference faces are kept at (restorers resize to theirs)."})
+    return widgets
+
+
+def bank_report(bank, names: dict | None = None) -> str:
+    """Used references and rejected photos with the reason, one per line."""
+    names = names or {}
+    lines = [f"reference bank: {len(bank)} face(s) at {bank.align_size} px"]
+    for e in bank.entries:
+        lines.append(f"  used {names.get(e.source, Path(e.source).name)}: face {e.face_size:.0f} px, score {e.score:.2f}")
+    for r in bank.rejected:
+        lines.append(f"  rejected {names.get(r.source, Path(r.source).name)}: {r.reason}")
+    return "\n".join(lines)
+
+
+def folder_fingerprint(folder: str) -> str:
+    """Hash of the folder's image names, sizes and modification times (for IS_CHANGED)."""
+    path = Path(os.path.expanduser(folder.strip()))
+    h = hashlib.sha256(str(path).encode())
+    if path.is_file():
+        st = path.stat()
+        h.update(f"{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    elif path.is_dir():
+        for p in list_images(path):
+            st = p.stat()
+            h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    else:
+        h.update(b"missing")
+    return h.hexdigest()
+
+
+class ReferenceBankFromFolder:
+    """A reference bank from a folder of photos of one person (or a saved bank .safetensors)."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = (REF_BANK, "STRING")
+    RETURN_NAMES = ("reference_bank", "report")
+    DESCRIPTION = ("Photos of the person to restore (1-8, one clear face each) from a folder, or a bank "
+                   "saved by the command line. Photos without exactly one clear face are listed as rejected.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {"folder": ("STRING", {"default": "", "multiline": False,
+                               "tooltip": "Folder of reference photos, or a bank .safetensors file."})}
+        required.update(_detector_widgets())
+        return {"required": required}
+
+    @classmethod
+    def IS_CHANGED(cls, folder, **_):
+        return folder_fingerprint(folder)
+
+    def build(self, folder: str, detector: str, detector_model: str, threshold: float, align_size: int):
+        text = folder.strip().strip('"')
+        if not text:
+            raise BankError("give the folder of reference photos (one clear face each), e.g. "
+                            "C:\\refs\\anna or /home/me/refs/anna.")
+        path = Path(os.path.expanduser(text))
+        if path.is_file() and path.suffix == ".safetensors":
+            bank = load_bank(path)
+        elif path.is_dir():
+            det = ops.get_detector(detector, detector_model, threshold)
+            bank = build_bank([path], det, int(align_size), name=path.name)
+        else:
+            raise BankError(f"reference folder not found: {path}. Give a folder of photos of the person "
+                            "or a bank .safetensors file.")
+        report = bank_report(bank)
+        ops.log(report)
+        return (bank, report)
+
+
+class ReferenceBankFromImages:
+    """A reference bank from an IMAGE batch (e.g. Load Image, or several images batched)."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = (REF_BANK, "STRING")
+    RETURN_NAMES = ("reference_bank", "report")
+    DESCRIPTION = "Reference faces from images: one clear face per image; the rest are listed as rejected."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {"images": ("IMAGE",)}
+        required.update(_detector_widgets())
+        return {"required": required}
+
+    def build(self, images, detector: str, detector_model: str, threshold: float, align_size: int):
+        det = ops.get_detector(detector, detector_model, threshold)
+        frames = [ops.rgb8(f) for f in ops.image_list(images)]
+        names = {f"array[{i}]": f"image {i}" for i in range(len(frames))}
+        try:
+            bank = build_bank(frames, det, int(align_size), name="images")
+        except BankError as exc:
+            msg = str(exc)
+            for raw, nice in names.items():
+                msg = msg.replace(raw, nice)
+            raise BankError(msg) from None
+        report = bank_report(bank, names)
+        ops.log(report)
+        return (bank, report)

@@ -1,0 +1,107 @@
+"""Load Face Restorer: a restorer file (or the embedded default) -> FACE_RESTORER."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from ..restorer_core.errors import ModelNotFoundError
+from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer
+from ..restorer_core.pipeline import FaceRestorePipeline
+from . import comfy_bridge as cb
+from .ops import log
+from .similarity import try_identity
+from .types import FACE_RESTORER, FaceRestorerHandle
+
+DEFAULT_CHOICE = "default (embedded)"
+NO_BASE = "none"
+CATEGORY = "face restore/one-step"
+
+
+def restorer_choices() -> list[str]:
+    """The default model, then every restorer file of the face_restore_onestep folder.
+
+    In an OSDFace folder only its pytorch_lora_weights.safetensors is listed (it stands for
+    the folder); the folder's other weight files are parts of that model, not models.
+    """
+    names = cb.list_models(cb.RESTORER_FOLDER, cb.RESTORER_EXTENSIONS)
+    osdface_dirs = {os.path.dirname(n) for n in names if os.path.basename(n) == OSDFACE_MARKER}
+    shown = [n for n in names if os.path.dirname(n) not in osdface_dirs or os.path.basename(n) == OSDFACE_MARKER]
+    return [DEFAULT_CHOICE] + shown
+
+
+def base_choices() -> list[str]:
+    """Stable Diffusion 2.1-base for OSDFace: a checkpoint file or a diffusers folder."""
+    ckpts = ["checkpoints/" + n for n in cb.list_models("checkpoints", (".safetensors", ".ckpt"))]
+    folders = ["diffusers/" + d for d in cb.list_diffusers_folders()]
+    return [NO_BASE] + ckpts + folders
+
+
+def resolve_base(choice: str) -> Optional[str]:
+    if choice in (None, "", NO_BASE):
+        return None
+    kind, _, name = choice.partition("/")
+    if kind == "checkpoints":
+        return cb.model_path("checkpoints", name)
+    if kind == "diffusers":
+        return cb.diffusers_path(name)
+    raise ValueError(f"base model '{choice}' is not a checkpoints/ or diffusers/ entry; pick one from the list.")
+
+
+def missing_default_message(allow_download: bool) -> str:
+    where = f"file '{DEFAULT_MODEL_PATH.name}' in folder '{DEFAULT_MODEL_PATH.parent}'"
+    if allow_download:
+        return (f"the embedded default restorer is missing ({where}) and this version has no download "
+                "source for it; reinstall the node pack (the file ships with it), or put a restorer "
+                f"into ComfyUI/models/{cb.RESTORER_FOLDER} and pick it.")
+    return (f"the embedded default restorer is missing ({where}); downloads are off (allow_download). "
+            f"Reinstall the node pack, or put a restorer into ComfyUI/models/{cb.RESTORER_FOLDER} and pick it.")
+
+
+class LoadFaceRestorer:
+    """Loads a one-step face restorer and hands it to ComfyUI's model memory manager."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (FACE_RESTORER,)
+    RETURN_NAMES = ("restorer",)
+    DESCRIPTION = ("Load a one-step face restorer: the embedded default, a converted .safetensors, an "
+                   f"InstantRestore .pt, or an OSDFace folder (+ SD 2.1-base) from models/{cb.RESTORER_FOLDER}.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_name": (restorer_choices(), {"default": DEFAULT_CHOICE,
+                               "tooltip": f"Restorer weights from models/{cb.RESTORER_FOLDER}."}),
+                "base_model": (base_choices(), {"default": NO_BASE,
+                               "tooltip": "Stable Diffusion 2.1-base, needed only by OSDFace models."}),
+                "device": (["auto", "cpu"], {"default": "auto",
+                           "tooltip": "auto: ComfyUI's GPU (offloaded when other models need the memory)."}),
+                "precision": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
+                              "tooltip": "auto: bf16/fp16 where ComfyUI says the GPU supports it, fp32 on CPU."}),
+                "allow_download": ("BOOLEAN", {"default": False,
+                                   "tooltip": "Allow fetching missing weights from the internet (off: offline)."}),
+            }
+        }
+
+    def load(self, model_name: str, base_model: str, device: str, precision: str, allow_download: bool):
+        if model_name == DEFAULT_CHOICE:
+            spec = None
+            if not DEFAULT_MODEL_PATH.is_file():
+                raise ModelNotFoundError(missing_default_message(allow_download))
+        else:
+            spec = cb.model_path(cb.RESTORER_FOLDER, model_name)
+        base = resolve_base(base_model)
+        dev, dtype = cb.choose_device_dtype(device, precision)
+        # Load on the CPU in fp32 and cast: the memory manager moves it to `dev` when needed.
+        restorer = load_any_restorer(spec, base, device="cpu", dtype=torch.float32)
+        if dtype != torch.float32:
+            restorer = restorer.to(dtype)
+        pipeline = FaceRestorePipeline(restorer, identity=try_identity())
+        handle = FaceRestorerHandle(name=model_name, pipeline=pipeline, patcher=cb.make_patcher(restorer, dev),
+                                    load_device=dev, dtype=dtype)
+        log(f"loaded {handle.describe()}")
+        return (handle,)

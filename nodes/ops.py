@@ -1,0 +1,230 @@
+"""What the nodes do, as plain functions: IMAGE <-> numpy, detect, restore, paste.
+
+Each is a thin call into restorer_core plus the ComfyUI plumbing (progress, cancel, the memory
+manager). The split nodes call one each; Restore Faces (all-in-one) calls all three, so both
+paths give the same result for the same settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..restorer_core.detect import create_detector
+from ..restorer_core.errors import BankError, CancelledError, DetectorError
+from ..restorer_core.faces import AlignedFace
+from ..restorer_core.imageio import to_rgb8
+from ..restorer_core.locate import locate_faces_batch
+from ..restorer_core.paste import PasteConfig, paste_faces
+from ..restorer_core.pipeline import RestoreOptions
+from ..restorer_core.select import FaceSelection, parse_indices
+from . import comfy_bridge as cb
+from .types import FaceRestorerHandle, FaceSet
+
+SELECTIONS = ("all", "largest", "index", "similar")
+MODES = ("auto", "references", "visual_prompt", "both", "none")
+COLOR_FIXES = ("wavelet", "meanstd", "none")
+MASK_SHAPES = ("landmarks", "ellipse", "box")
+DETECTORS = ("yunet", "scrfd", "facexlib")
+DEFAULT_DETECTOR_MODEL = "default"
+
+
+def log(message: str) -> None:
+    """Console line (ComfyUI shows stdout in its terminal/log window)."""
+    print(f"[one-step face restore] {message}")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def image_list(image: torch.Tensor) -> list[np.ndarray]:
+    """IMAGE [B, H, W, C] in 0..1 -> B float32 arrays HxWxC (copies, on the CPU)."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        raise ValueError(f"expected an IMAGE batch [B, H, W, C], got {getattr(image, 'shape', type(image))}")
+    arr = image.detach().to("cpu", torch.float32).numpy()
+    return [np.ascontiguousarray(a) for a in arr]
+
+
+def rgb8(pixels: np.ndarray) -> np.ndarray:
+    return to_rgb8(pixels)
+
+
+def to_image(arrays: Sequence[np.ndarray], like: torch.Tensor) -> torch.Tensor:
+    out = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in arrays]))
+    return out.to(device=like.device, dtype=like.dtype)
+
+
+def to_mask(masks: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))
+
+
+# ----------------------------------------------------------------------------- detection
+
+_DETECTORS: dict = {}
+
+
+def detector_model_path(detector: str, model_name: str) -> Optional[str]:
+    if model_name in (None, "", DEFAULT_DETECTOR_MODEL):
+        if detector == "scrfd":
+            raise DetectorError(
+                "the SCRFD detector needs its model: put an insightface SCRFD .onnx (for example "
+                "det_10g.onnx from buffalo_l, or scrfd_2.5g_bnkps.onnx) into ComfyUI/models/"
+                f"{cb.DETECTOR_FOLDER}, refresh, and pick it as detector_model; or use yunet.")
+        return None
+    return cb.model_path(cb.DETECTOR_FOLDER, model_name)
+
+
+def get_detector(name: str, model_name: str = DEFAULT_DETECTOR_MODEL, threshold: float = 0.6) -> Any:
+    """A detector from restorer_core (kept between runs: ONNX sessions are slow to create)."""
+    if name not in DETECTORS:
+        raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}.")
+    path = detector_model_path(name, model_name)
+    key = (name, path, round(float(threshold), 4))
+    if key not in _DETECTORS:
+        _DETECTORS[key] = create_detector(name, path, score_threshold=float(threshold))
+    return _DETECTORS[key]
+
+
+def make_selection(selection: str, max_faces: int, face_indices: str, min_face_size: float,
+                   similarity_threshold: float) -> FaceSelection:
+    """UI widgets -> restorer_core FaceSelection (max_faces 0 = no limit)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    count = int(max_faces) if max_faces and max_faces > 0 else None
+    if selection == "largest" and count is None:
+        count = 1
+    indices = parse_indices(face_indices) if selection == "index" else ()
+    if selection == "index" and not indices:
+        raise ValueError("selection 'index' needs face indices, e.g. '0' or '0,2' (faces are numbered "
+                         "left to right from 0; see the Detect Faces report).")
+    return FaceSelection(mode=selection, count=count, indices=indices, min_size=float(min_face_size),
+                         threshold=float(similarity_threshold))
+
+
+def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_size: int,
+           track: bool = True, similarity_fn: Any = None) -> FaceSet:
+    """Faces of every image of the batch, aligned at crop_size from the full-precision pixels.
+
+    With track, a face keeps its index from frame to frame (restorer_core.locate tracking),
+    so "face 0" is the same person throughout a clip.
+    """
+    from ..restorer_core.align import align_face
+
+    frames = image_list(image)
+    cb.check_interrupt()
+    found = locate_faces_batch([rgb8(f) for f in frames], detector, crop_size, selection, track,
+                               similarity_fn=similarity_fn)
+    faces: list[AlignedFace] = []
+    for frame, per_frame in zip(frames, found):
+        for f in per_frame:  # re-cut from float pixels: the detector saw an 8-bit copy
+            new = align_face(frame[..., :3], f.detection, crop_size, f.image_index, f.face_index)
+            new.info.update(f.info)
+            faces.append(new)
+    sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+    result = FaceSet(faces, sizes, int(crop_size))
+    for i in range(result.num_images):
+        if not result.for_image(i):
+            result.notes.append(f"image {i}: no face found (or none selected); it passes through unchanged.")
+    return result
+
+
+def describe_faces(faces: FaceSet) -> list[str]:
+    lines = [f"{len(faces.faces)} face(s) in {faces.num_images} image(s), crops {faces.crop_size} px"]
+    for i in range(faces.num_images):
+        per = faces.for_image(i)
+        if per:
+            parts = [f"#{f.face_index} {f.detection.size:.0f}px score {f.score:.2f}"
+                     + (f" sim {f.info['similarity']:.2f}" if "similarity" in f.info else "") for f in per]
+            lines.append(f"image {i}: " + ", ".join(parts))
+    return lines + list(faces.notes)
+
+
+def face_box_mask(faces: FaceSet) -> torch.Tensor:
+    """MASK [B, H, W]: 1 inside every selected face's detection box."""
+    masks = []
+    for i, (h, w) in enumerate(faces.image_sizes):
+        m = np.zeros((h, w), np.float32)
+        for f in faces.for_image(i):
+            x0, y0, x1, y1 = np.asarray(f.box, dtype=np.float64)
+            m[max(0, int(np.floor(y0))):min(h, int(np.ceil(y1))), max(0, int(np.floor(x0))):min(w, int(np.ceil(x1)))] = 1.0
+        masks.append(m)
+    return to_mask(masks)
+
+
+# ----------------------------------------------------------------------------- restoration
+
+
+def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: RestoreOptions) -> tuple[FaceSet, list[str]]:
+    """Restore every face of the set on ComfyUI's device, batch by batch, with progress and cancel."""
+    lines: list[str] = []
+    if bank is not None and len(bank) == 0:
+        raise BankError("the reference bank is empty; give it photos with one clear face each.")
+    if not faces.faces:
+        handle.pipeline.uses_references(bank, options)  # a mode that can never work still errors
+        msg = "no faces to restore: the images pass through unchanged."
+        log(msg)
+        return faces.with_faces([], msg), [msg]
+    cb.load_on_device(handle.patcher)
+    bar = cb.Progress(len(faces.faces))
+    try:
+        restored = handle.pipeline.restore_faces(faces.faces, bank, options, progress=bar,
+                                                 should_cancel=cb.cancel_check)
+    except CancelledError:
+        cb.check_interrupt()
+        raise cb.interrupted_exception()() from None
+    info = handle.pipeline.last_cache_info if handle.pipeline.uses_references(bank, options) else None
+    used = _conditioning(handle, bank, options)
+    lines.append(f"restored {len(restored)} face(s) with {handle.describe()}; conditioning: {used}")
+    if info is not None:
+        lines.append(f"reference keys/values: cache {info.status}"
+                     + (f" ({info.reason})" if info.reason and info.status != "hit" else "")
+                     + f", references used {list(info.indices)}")
+    return faces.with_faces(restored, lines[0]), lines
+
+
+def _conditioning(handle: FaceRestorerHandle, bank: Any, options: RestoreOptions) -> str:
+    """What the restorer was conditioned on, for the report (the restorer decides; see resolve_mode)."""
+    use_refs = handle.pipeline.uses_references(bank, options)
+    has_vp = handle.restorer.config.vre is not None
+    use_vp = options.mode in ("visual_prompt", "both") or (options.mode == "auto" and has_vp)
+    parts = (["references"] if use_refs else []) + (["visual prompt"] if use_vp else [])
+    return " + ".join(parts) or "fixed caption only"
+
+
+# ----------------------------------------------------------------------------- paste back
+
+
+def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Blend restored faces into their images; images without restored faces come back bit-identical."""
+    frames = image_list(image)
+    sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+    if sizes != list(faces.image_sizes):
+        raise ValueError(
+            f"these faces were found in {faces.num_images} image(s) of size(s) {_sizes(faces.image_sizes)}, "
+            f"but the image input has {len(sizes)} image(s) of size(s) {_sizes(sizes)}; connect the same "
+            "IMAGE to Detect Faces and Paste Faces Back.")
+    outs, masks, lines = [], [], []
+    bar = cb.Progress(len(frames))
+    for i, frame in enumerate(frames):
+        cb.check_interrupt()
+        done = [f for f in faces.for_image(i) if f.restored is not None]
+        if done:
+            out, mask = paste_faces(frame, done, config)
+        else:
+            out, mask = frame, np.zeros(frame.shape[:2], np.float32)
+            lines.append(f"image {i}: no restored face, unchanged.")
+        outs.append(out)
+        masks.append(mask)
+        bar(i + 1, len(frames))
+    if not faces.restored_count:
+        msg = "no restored faces to paste: the images pass through unchanged."
+        log(msg)
+        return image, to_mask(masks), [msg]
+    return to_image(outs, image), to_mask(masks), lines
+
+
+def _sizes(sizes: Sequence[tuple]) -> str:
+    uniq = sorted(set(sizes))
+    return ", ".join(f"{w}x{h}" for h, w in uniq)

@@ -1,0 +1,101 @@
+"""Face Similarity, and the identity embedder the nodes share (for 'similar' face selection).
+
+The embedder is restorer_core.identity's small face-recognition network; it is optional: without
+its weights file, only the features that need it ('similar' selection, this node) report that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..restorer_core.errors import ModelNotFoundError
+from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, embed_faces, load_identity_embedder
+from .ops import log
+from .types import FACES, REF_BANK, FaceSet
+
+CATEGORY = "face restore/one-step"
+_IDENTITY: dict = {}
+
+
+def get_identity() -> Any:
+    """The shipped identity embedder (loaded once per file version); ModelNotFoundError if absent."""
+    path = DEFAULT_EMBEDDER_PATH
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"face similarity needs the identity embedder: file '{path.name}' in folder "
+            f"'{path.parent}' is missing. Reinstall the node pack, or use a selection other than "
+            "'similar'.")
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _IDENTITY:
+        _IDENTITY.clear()
+        _IDENTITY[key] = load_identity_embedder(path)
+    return _IDENTITY[key]
+
+
+def try_identity() -> Optional[Any]:
+    try:
+        return get_identity()
+    except ModelNotFoundError:
+        return None
+
+
+# The two helpers below mirror FaceRestorePipeline.bank_embedding / .similarity, which need a
+# restorer; nodes without one (Detect Faces, Face Similarity) use these.
+def bank_embedding(identity: Any, bank: Any) -> np.ndarray:
+    emb = embed_faces(identity, bank.crops_hwc()).mean(axis=0)
+    return emb / max(float(np.linalg.norm(emb)), 1e-12)
+
+
+def similarity_to_bank(identity: Any, crops: Sequence[np.ndarray], bank: Any) -> list[float]:
+    """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's mean identity."""
+    if not len(crops):
+        return []
+    target = bank_embedding(identity, bank)
+    emb = embed_faces(identity, np.stack([np.asarray(c, np.float32) for c in crops]))
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return [float(v) for v in emb @ target]
+
+
+def similarity_fn(bank: Any):
+    """For restorer_core.locate: faces -> similarity of each crop to the bank."""
+    if bank is None:
+        raise ValueError("selection 'similar' keeps the faces that look like the reference person: "
+                         "connect a REF_BANK to Detect Faces, or choose another selection.")
+    identity = get_identity()
+    return lambda faces: similarity_to_bank(identity, [f.crop for f in faces], bank)
+
+
+class FaceSimilarity:
+    """How much each face looks like the reference person (cosine similarity, -1..1)."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "score"
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("similarity", "report")
+    OUTPUT_IS_LIST = (True, False)
+    DESCRIPTION = ("Identity similarity of each face to the reference bank: of the restored face when "
+                   "there is one (with the input face's score beside it in the report), else of the input.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"faces": (FACES,), "reference_bank": (REF_BANK,)}}
+
+    def score(self, faces: FaceSet, reference_bank: Any):
+        identity = get_identity()
+        before = similarity_to_bank(identity, [f.crop for f in faces.faces], reference_bank)
+        restored = [f.restored for f in faces.faces if f.restored is not None]
+        after = similarity_to_bank(identity, restored, reference_bank) if len(restored) == len(faces.faces) else None
+        scores = after if after is not None else before
+        lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s):"]
+        for k, f in enumerate(faces.faces):
+            line = f"image {f.image_index} face #{f.face_index}: input {before[k]:.3f}"
+            if after is not None:
+                line += f" -> restored {after[k]:.3f} ({after[k] - before[k]:+.3f})"
+            lines.append(line)
+        if not faces.faces:
+            lines.append("no faces.")
+        report = "\n".join(lines)
+        log(report)
+        return (scores, report)

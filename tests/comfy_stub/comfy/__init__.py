@@ -1,0 +1,1 @@
+"""Stand-in for the `comfy` package: only the modules this node pack imports."""

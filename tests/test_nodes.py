@@ -1,0 +1,389 @@
+"""The ComfyUI nodes, called through the comfy stand-in (tests/comfy_stub) on the CPU.
+
+The pack is imported the way ComfyUI imports a custom node folder; restorers are tiny
+random-weight models written to the stand-in's models folder, so only behaviour is checked
+(faces found, numbered, restored, pasted only where the mask says; caches; errors; cancel).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+STUB = Path(__file__).resolve().parent / "comfy_stub"
+if str(STUB) not in sys.path:
+    sys.path.insert(0, str(STUB))
+
+import comfy.model_management as mm  # noqa: E402  (the stand-in)
+import comfy.model_patcher  # noqa: E402
+import comfy.utils  # noqa: E402
+import core_nodes  # noqa: E402
+import folder_paths  # noqa: E402
+import harness  # noqa: E402
+
+INPUTS = harness.REPO_ROOT / "workflows" / "inputs"
+BLAKE = INPUTS / "blake_lively.jpg"  # 700x464: a child (left) and an adult (right), both faces found
+DETECT = dict(detector="yunet", detector_model="default", threshold=0.6, selection="all", max_faces=0,
+              face_indices="0", min_face_size=0, similarity_threshold=0.4, track_faces=True, crop_size=256)
+RESTORE = dict(mode="auto", max_refs=4, strength=1.0, seed=0, batch_size=8)
+PASTE = dict(color_fix="wavelet", mask_shape="landmarks", feather=24.0, erosion=8.0)
+BANK = dict(detector="yunet", detector_model="default", threshold=0.6, align_size=256)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return harness.load_pack()
+
+
+@pytest.fixture(scope="module")
+def N(pack):
+    """Node instances by id (ComfyUI makes one instance per graph node; these are stateless)."""
+    return {name: cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+
+
+@pytest.fixture(scope="module")
+def restorer_files(pack):
+    folder = Path(folder_paths.models_dir) / "face_restore_onestep"
+    a = harness.write_tiny_restorer(pack, folder / "tiny_a.safetensors", seed=0)
+    b = harness.write_tiny_restorer(pack, folder / "tiny_b.safetensors", seed=1)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def handle(N, restorer_files):
+    return N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False)[0]
+
+
+@pytest.fixture(scope="module")
+def blake():
+    return harness.image_tensor(BLAKE)
+
+
+@pytest.fixture(scope="module")
+def adult(blake):
+    return blake[:, :, 350:].contiguous()
+
+
+@pytest.fixture(scope="module")
+def bank(N, adult):
+    return N["OneStepReferenceBankFromImages"].build(adult, **BANK)[0]
+
+
+@pytest.fixture()
+def identity_file(pack, tmp_path, monkeypatch):
+    """A random identity embedder in place of the shipped one (which may not exist yet)."""
+    sim = sys.modules[f"{pack.__name__}.nodes.similarity"]
+    path = harness.write_random_identity(pack, tmp_path / "identity_embedder.safetensors")
+    monkeypatch.setattr(sim, "DEFAULT_EMBEDDER_PATH", path)
+    sim._IDENTITY.clear()
+    yield path
+    sim._IDENTITY.clear()
+
+
+def detect(N, image, **overrides):
+    return N["OneStepDetectFaces"].detect(image, **{**DETECT, **overrides})
+
+
+def restore_paste(N, handle, image, faces, bank=None, **overrides):
+    restored, crops, report = N["OneStepRestore"].restore(handle, faces, **{**RESTORE, **overrides},
+                                                          reference_bank=bank)
+    out, mask = N["OneStepPasteFacesBack"].paste(image, restored, **PASTE)
+    return restored, out, mask, report
+
+
+def box_x(face):
+    return float(face.box[0])
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_pack_registers_well_formed_nodes(pack):
+    classes, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
+    assert set(classes) == set(names) and len(classes) == 8
+    for key, cls in classes.items():
+        spec = cls.INPUT_TYPES()
+        inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        assert set(inputs) <= set(params), f"{key}: {cls.FUNCTION} does not take {set(inputs) - set(params)}"
+        required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty]
+        assert set(required) <= set(spec["required"]), f"{key}: optional inputs need defaults"
+        assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+        for name, entry in inputs.items():
+            if entry[0] in ("INT", "FLOAT"):
+                opts = entry[1]
+                assert opts["min"] <= opts["default"] <= opts["max"], f"{key}.{name}"
+            elif isinstance(entry[0], list):
+                default = entry[1].get("default", entry[0][0]) if len(entry) > 1 else entry[0][0]
+                assert default in entry[0], f"{key}.{name}"
+    for folder in ("face_restore_onestep", "face_restore_onestep_cache", "facedetection"):
+        assert os.path.join(folder_paths.models_dir, folder) in folder_paths.get_folder_paths(folder)
+
+
+def test_model_list_shows_files_and_hides_osdface_parts(pack, restorer_files):
+    folder = Path(folder_paths.models_dir) / "face_restore_onestep" / "osdface"
+    folder.mkdir(exist_ok=True)
+    for name in ("pytorch_lora_weights.safetensors", "associate_2.ckpt", "embedding_change_weights.pth"):
+        (folder / name).write_bytes(b"x")
+    try:
+        choices = pack.NODE_CLASS_MAPPINGS["OneStepLoadFaceRestorer"].INPUT_TYPES()["required"]["model_name"][0]
+    finally:
+        shutil.rmtree(folder)
+    assert choices[0] == "default (embedded)"
+    assert {"tiny_a.safetensors", "tiny_b.safetensors", "osdface/pytorch_lora_weights.safetensors"} <= set(choices)
+    assert not any(c.endswith(("associate_2.ckpt", "embedding_change_weights.pth")) for c in choices)
+
+
+def test_missing_default_model_names_file_and_folder(pack, N, tmp_path, monkeypatch):
+    loader = sys.modules[f"{pack.__name__}.nodes.loader"]
+    missing = tmp_path / "assets" / "default_restorer.safetensors"
+    monkeypatch.setattr(loader, "DEFAULT_MODEL_PATH", missing)
+    errors = harness.core(pack, "errors")
+    for allow in (False, True):
+        with pytest.raises(errors.ModelNotFoundError) as info:
+            N["OneStepLoadFaceRestorer"].load("default (embedded)", "none", "auto", "auto", allow)
+        assert "default_restorer.safetensors" in str(info.value) and str(missing.parent) in str(info.value)
+
+
+def test_restorer_goes_through_comfy_memory_manager(N, handle, blake):
+    assert isinstance(handle.patcher, comfy.model_patcher.ModelPatcher)
+    assert handle.dtype == torch.float32  # CPU: ComfyUI says no fp16/bf16
+    mm.unload_all_models()
+    faces = detect(N, blake)[0]
+    restored = N["OneStepRestore"].restore(handle, faces, **RESTORE)[0]
+    assert handle.patcher in mm.loaded_models()  # load_models_gpu was asked before restoring
+    assert handle.patcher.model.device == handle.load_device  # ModelPatcher could assign it
+    assert restored.restored_count == len(faces.faces) == 2
+
+
+def test_device_and_precision_choice(pack):
+    bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
+    assert bridge.choose_device_dtype("auto", "auto") == (torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="CPU"):
+        bridge.choose_device_dtype("cpu", "fp16")
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def test_detect_numbers_faces_left_to_right_and_masks_them(N, blake):
+    faces, crops, mask, report = detect(N, blake)
+    assert [f.face_index for f in faces.faces] == [0, 1]
+    assert box_x(faces.faces[0]) < box_x(faces.faces[1])
+    assert crops.shape == (2, 256, 256, 3) and mask.shape == (1, 464, 700)
+    for f in faces.faces:
+        x0, y0, x1, y1 = (int(round(v)) for v in f.box)
+        assert mask[0, (y0 + y1) // 2, (x0 + x1) // 2] == 1.0
+    assert mask[0, 5, 5] == 0.0 and "2 face(s)" in report
+
+
+@pytest.mark.parametrize("overrides, kept", [
+    (dict(selection="largest", max_faces=1), [1]),
+    (dict(selection="index", face_indices="1"), [1]),
+    (dict(selection="index", face_indices="0-1"), [0, 1]),
+    (dict(min_face_size=220), [1]),
+])
+def test_detect_selection(N, blake, overrides, kept):
+    faces = detect(N, blake, **overrides)[0]
+    assert [f.face_index for f in faces.faces] == kept
+
+
+def test_tracking_keeps_a_face_number_when_another_face_appears(N, blake):
+    only_adult = blake.clone()
+    only_adult[:, :, :340] = 0.5  # frame 0: the child is not in view yet
+    frames = torch.cat([only_adult, blake, blake])
+    tracked = detect(N, frames, track_faces=True)[0]
+    untracked = detect(N, frames, track_faces=False)[0]
+    adult_tracked = {f.image_index: f.face_index for f in tracked.faces if box_x(f) > 350}
+    adult_untracked = {f.image_index: f.face_index for f in untracked.faces if box_x(f) > 350}
+    assert adult_tracked == {0: 0, 1: 0, 2: 0}  # the adult stays face 0 ...
+    assert adult_untracked == {0: 0, 1: 1, 2: 1}  # ... where left-to-right numbering would renumber
+    child = [f.face_index for f in tracked.faces if box_x(f) < 350]
+    assert child == [1, 1]
+
+
+def test_no_faces_pass_through_unchanged(N, handle, bank):
+    gray = torch.full((2, 96, 128, 3), 0.5)
+    gray[1, 10:20] = 0.25
+    faces, crops, mask, report = detect(N, gray)
+    assert faces.faces == [] and crops.shape[0] == 1 and float(mask.abs().sum()) == 0.0
+    assert "no face" in report
+    restored, out, paste_mask, restore_report = restore_paste(N, handle, gray, faces, bank)
+    assert torch.equal(out, gray) and float(paste_mask.abs().sum()) == 0.0
+    assert "no faces" in restore_report
+    image, mask2, report2 = N["OneStepRestoreFaces"].run(gray, handle, **RESTORE, **{k: DETECT[k] for k in (
+        "detector", "detector_model", "threshold", "selection", "max_faces", "face_indices", "min_face_size",
+        "similarity_threshold")}, **PASTE, reference_bank=bank)
+    assert torch.equal(image, gray) and "pass through unchanged" in report2
+
+
+# ----------------------------------------------------------------------------- restore + paste
+
+
+def test_restore_and_paste_touch_only_the_masked_faces(N, handle, blake, bank):
+    faces = detect(N, blake, selection="index", face_indices="1")[0]
+    restored, out, mask, report = restore_paste(N, handle, blake, faces, bank)
+    assert out.shape == blake.shape and mask.shape == (1, 464, 700)
+    outside = mask[0] == 0
+    assert torch.equal(out[0][outside], blake[0][outside])
+    assert float((out[0][mask[0] > 0.5] - blake[0][mask[0] > 0.5]).abs().mean()) > 1e-3
+    x0 = int(faces.faces[0].box[0])
+    assert float(mask[0, :, : x0 - 40].max()) == 0.0  # the child (not selected) is untouched
+    assert "references + visual prompt" in report
+
+
+def test_strength_zero_keeps_the_input_face(N, handle, blake):
+    faces = detect(N, blake)[0]
+    restored = N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "strength": 0.0})[0]
+    for before, after in zip(faces.faces, restored.faces):
+        np.testing.assert_allclose(after.restored, before.crop, atol=1e-6)
+
+
+def test_all_in_one_matches_the_split_nodes(N, handle, blake, bank):
+    crop = 512  # what Restore Faces aligns at for a restorer below 512 px
+    faces = detect(N, blake, crop_size=crop)[0]
+    _, split_out, split_mask, _ = restore_paste(N, handle, blake, faces, bank)
+    keys = ("detector", "detector_model", "threshold", "selection", "max_faces", "face_indices",
+            "min_face_size", "similarity_threshold")
+    out, mask, report = N["OneStepRestoreFaces"].run(blake, handle, **RESTORE, **{k: DETECT[k] for k in keys},
+                                                     **PASTE, reference_bank=bank)
+    assert torch.equal(out, split_out) and torch.equal(mask, split_mask)
+    assert "restored 2 face(s)" in report
+
+
+def test_mode_needing_references_without_bank_is_a_clear_error(N, handle, blake):
+    faces = detect(N, blake)[0]
+    with pytest.raises(ValueError, match="reference"):
+        N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "mode": "references"})
+
+
+def test_paste_refuses_faces_from_another_batch(N, handle, blake, adult):
+    faces = detect(N, blake)[0]
+    restored = N["OneStepRestore"].restore(handle, faces, **RESTORE)[0]
+    with pytest.raises(ValueError, match="same IMAGE"):
+        N["OneStepPasteFacesBack"].paste(adult, restored, **PASTE)
+
+
+def test_mixed_size_batch_from_core_image_batch(N, handle, blake, adult, bank):
+    """ImageBatch resizes the second image to the first one's size; faces of both are restored."""
+    batch = core_nodes.ImageBatch().batch(blake, adult)[0]
+    assert batch.shape == (2, 464, 700, 3)
+    faces = detect(N, batch, track_faces=False)[0]
+    assert {f.image_index for f in faces.faces} == {0, 1}
+    restored, out, mask, _ = restore_paste(N, handle, batch, faces, bank)
+    assert out.shape == batch.shape and all(float(mask[i].max()) > 0.5 for i in range(2))
+
+
+# ----------------------------------------------------------------------------- reference banks
+
+
+def test_bank_from_images_lists_rejected_images(N, blake):
+    child_only = blake.clone()
+    child_only[:, :, 340:] = 0.5
+    batch = torch.cat([blake, torch.full_like(blake, 0.5), child_only])  # two faces; none; one
+    bank, report = N["OneStepReferenceBankFromImages"].build(batch, **BANK)
+    assert len(bank) == 1 and bank.crops.shape == (1, 3, 256, 256)
+    assert "rejected image 0: ambiguous" in report
+    assert "rejected image 1: no face found" in report
+    assert "used image 2" in report
+
+
+def test_empty_bank_is_a_clear_error(pack, N, adult, tmp_path):
+    errors = harness.core(pack, "errors")
+    with pytest.raises(errors.BankError, match="no usable reference face"):
+        N["OneStepReferenceBankFromImages"].build(torch.full_like(adult, 0.5), **BANK)
+    with pytest.raises(errors.BankError, match="no reference images"):
+        N["OneStepReferenceBank"].build(str(tmp_path), **BANK)
+    with pytest.raises(errors.BankError, match="not found"):
+        N["OneStepReferenceBank"].build(str(tmp_path / "nobody"), **BANK)
+
+
+def test_bank_folder_node_and_its_change_detection(pack, N, tmp_path):
+    from PIL import Image
+
+    cls = pack.NODE_CLASS_MAPPINGS["OneStepReferenceBank"]
+    Image.open(BLAKE).crop((350, 0, 700, 464)).save(tmp_path / "adult.png")
+    first = cls.IS_CHANGED(folder=str(tmp_path), **BANK)
+    bank, report = N["OneStepReferenceBank"].build(str(tmp_path), **BANK)
+    assert len(bank) == 1 and "used adult.png" in report
+    assert cls.IS_CHANGED(folder=str(tmp_path), **BANK) == first
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert cls.IS_CHANGED(folder=str(tmp_path), **BANK) == first  # only images count
+    Image.open(BLAKE).save(tmp_path / "both.png")
+    assert cls.IS_CHANGED(folder=str(tmp_path), **BANK) != first
+    bank2, report2 = N["OneStepReferenceBank"].build(str(tmp_path), **BANK)
+    assert len(bank2) == 1 and "rejected both.png: ambiguous" in report2
+
+
+def test_reference_cache_is_reused_and_never_misused_across_restorers(pack, N, blake, bank):
+    bank_mod = harness.core(pack, "bank")
+    load = N["OneStepLoadFaceRestorer"].load
+    faces = detect(N, blake, selection="index", face_indices="1")[0]
+    cache = folder_paths.get_folder_paths("face_restore_onestep_cache")[0]
+    a1 = load("tiny_a.safetensors", "none", "auto", "auto", False)[0]
+    path_a = bank_mod.cache_path(bank, a1.restorer, 4, 0, cache)
+    path_a.unlink(missing_ok=True)
+    first = N["OneStepRestore"].restore(a1, faces, **RESTORE, reference_bank=bank)
+    assert "cache miss" in first[2] and path_a.is_file()
+    a2 = load("tiny_a.safetensors", "none", "auto", "auto", False)[0]
+    again = N["OneStepRestore"].restore(a2, faces, **RESTORE, reference_bank=bank)
+    assert "cache hit" in again[2]
+    np.testing.assert_array_equal(again[0].faces[0].restored, first[0].faces[0].restored)
+
+    b1 = load("tiny_b.safetensors", "none", "auto", "auto", False)[0]
+    path_b = bank_mod.cache_path(bank, b1.restorer, 4, 0, cache)
+    assert path_b != path_a
+    shutil.copyfile(path_a, path_b)  # a cache made for restorer A, where B looks for its own
+    planted = N["OneStepRestore"].restore(b1, faces, **RESTORE, reference_bank=bank)
+    assert "cache stale" in planted[2]
+    b2 = load("tiny_b.safetensors", "none", "auto", "auto", False)[0]
+    own = N["OneStepRestore"].restore(b2, faces, **RESTORE, reference_bank=bank)
+    assert "cache hit" in own[2]  # the foreign file was replaced by B's own keys/values
+    np.testing.assert_array_equal(planted[0].faces[0].restored, own[0].faces[0].restored)
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_face_similarity_and_similar_selection(N, blake, bank, identity_file):
+    faces = detect(N, blake)[0]
+    scores, report = N["OneStepFaceSimilarity"].score(faces, bank)
+    child, grown = scores  # left to right; the bank holds the adult's own face (cut from this photo)
+    assert grown > 0.95 and grown - child > 0.1
+    assert "input" in report and "restored" not in report
+    kept = detect(N, blake, selection="similar", similarity_threshold=(grown + child) / 2, reference_bank=bank)[0]
+    assert [f.face_index for f in kept.faces] == [1]
+
+
+def test_similar_selection_without_bank_is_a_clear_error(N, blake):
+    with pytest.raises(ValueError, match="REF_BANK"):
+        detect(N, blake, selection="similar")
+
+
+# ----------------------------------------------------------------------------- cancel
+
+
+def test_cancel_between_batches_raises_comfy_interrupt(N, handle, blake):
+    faces = detect(N, blake)[0]
+    calls = []
+
+    def hook(value, total, preview, node_id=None):
+        calls.append(value)
+        mm.interrupt_current_processing(True)  # the user presses Cancel after the first batch
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "batch_size": 1})
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert calls == [1]  # one of the two faces was done, the second batch never started
+    assert not mm.processing_interrupted()
