@@ -172,20 +172,27 @@ def build_instantrestore(path: Path, unet_config=None, rank_unet: int = 8, rank_
     """Write a tiny official-layout InstantRestore .pt at `path`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from restorer_core.models.vae_io import add_skip_convs
+
     gen = seeded(seed)
     ucfg = dict(unet_config or TINY_UNET)
     unet, vae = UNet2DConditionModel(**ucfg), AutoencoderKL(**TINY_VAE)
+    ref_vae = AutoencoderKL(**TINY_VAE)
+    vae_targets = list(VAE_TARGETS)
+    if model_over.get("use_shortcuts"):  # pix2pix_turbo: skip convs on the decoder, LoRA on them too
+        add_skip_convs(vae, TINY_VAE)
+        vae_targets += ["skip_conv_1", "skip_conv_2", "skip_conv_3", "skip_conv_4"]
     parts = {
         "unet": peft_wrap(unet, random_like_module(unet, gen), UNET_TARGETS, rank_unet, rank_unet // 2,
                           "default", gen),
-        "vae": peft_wrap(vae, random_like_module(vae, gen), VAE_TARGETS, rank_vae, rank_vae // 2,
+        "vae": peft_wrap(vae, random_like_module(vae, gen), vae_targets, rank_vae, rank_vae // 2,
                          "vae_skip", gen),
     }
-    ref_u, ref_v = random_like_module(unet, gen), random_like_module(vae, gen)
+    ref_u, ref_v = random_like_module(unet, gen), random_like_module(ref_vae, gen)
     if ref_lora_rank:
         parts["original_unet"] = peft_wrap(unet, ref_u, UNET_TARGETS, ref_lora_rank, ref_lora_rank // 2,
                                            "default", gen)
-        parts["original_vae"] = peft_wrap(vae, ref_v, VAE_TARGETS, ref_lora_rank, ref_lora_rank // 2,
+        parts["original_vae"] = peft_wrap(ref_vae, ref_v, VAE_TARGETS, ref_lora_rank, ref_lora_rank // 2,
                                           "vae_skip", gen)
     else:
         parts["original_unet"], parts["original_vae"] = PeftPart(ref_u), PeftPart(ref_v)

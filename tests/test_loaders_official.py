@@ -144,6 +144,18 @@ def test_cfg_flags_reach_the_full_size_config(tmp_path):
     assert full.unet["cross_attention_dim"] == 1024 and full.timestep == 249
 
 
+def test_vae_skip_convs_load_with_their_lora(tmp_path):
+    fx = build_instantrestore(tmp_path / "shortcuts.pt", use_shortcuts=True)
+    assert "decoder.skip_conv_1" in fx.vae.layers
+    with pytest.raises(CheckpointError, match="skip_conv"):  # config without skip convs does not fit
+        load_instantrestore(fx.path, config=tiny_config())
+    restorer = load_instantrestore(fx.path, config=tiny_config(vae_skip_convs=True))
+    layer = fx.vae.layers["decoder.skip_conv_2"]
+    x = torch.randn(1, layer.down.shape[1], 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(restorer.vae.decoder.skip_conv_2(x), plain_conv(x, layer), rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- refusals
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned.txt"

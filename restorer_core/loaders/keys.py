@@ -8,7 +8,6 @@ the file and the first offending keys, and through the LoRA fusers here, which f
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import zipfile
@@ -293,7 +292,3 @@ def atomic_target(dst: Path, overwrite: bool = False) -> Path:
         raise CheckpointError(f"output folder {dst.parent} does not exist")
     return dst
 
-
-def same_device_tmp(dst: Path) -> Path:
-    """A temporary name next to `dst` (same filesystem, so os.replace is atomic)."""
-    return dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

@@ -14,7 +14,7 @@ are zeros.  The official loop is only right for batch size 1; this one is right 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
