@@ -74,6 +74,11 @@ def diffusers_path(name: str) -> str:
                             f"{', '.join(folder_paths.get_folder_paths('diffusers'))}.")
 
 
+def restorer_dir() -> str:
+    """Where official restorer weights are looked for (and downloaded to, when allowed)."""
+    return folder_paths.get_folder_paths(RESTORER_FOLDER)[0]
+
+
 def cache_dir() -> str:
     """Where reference keys/values are cached on disk (first path of the cache folder)."""
     return folder_paths.get_folder_paths(CACHE_FOLDER)[0]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..restorer_core.errors import ModelNotFoundError
-from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer
+from ..restorer_core.loaders.download import resolve_weights
+from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer, model_kind
 from ..restorer_core.pipeline import FaceRestorePipeline
 from . import comfy_bridge as cb
 from .ops import log
@@ -16,20 +18,25 @@ from .similarity import try_identity
 from .types import FACE_RESTORER, FaceRestorerHandle
 
 DEFAULT_CHOICE = "default (embedded)"
+# Official weights by name: found in models/face_restore_onestep/<name>/, or fetched when allowed.
+OFFICIAL = {"InstantRestore (official)": "instantrestore", "OSDFace (official)": "osdface"}
+BASE_WEIGHTS = ("sd21-base", "sd-turbo", "sd-vae-ft-mse")  # base models kept beside, not restorers
 NO_BASE = "none"
 CATEGORY = "face restore/one-step"
 
 
 def restorer_choices() -> list[str]:
-    """The default model, then every restorer file of the face_restore_onestep folder.
+    """The default model, the official models by name, then every restorer file of the
+    face_restore_onestep folder (base models kept there are not restorers and are not listed).
 
     In an OSDFace folder only its pytorch_lora_weights.safetensors is listed (it stands for
     the folder); the folder's other weight files are parts of that model, not models.
     """
     names = cb.list_models(cb.RESTORER_FOLDER, cb.RESTORER_EXTENSIONS)
+    names = [n for n in names if n.replace("\\", "/").split("/")[0] not in BASE_WEIGHTS]
     osdface_dirs = {os.path.dirname(n) for n in names if os.path.basename(n) == OSDFACE_MARKER}
     shown = [n for n in names if os.path.dirname(n) not in osdface_dirs or os.path.basename(n) == OSDFACE_MARKER]
-    return [DEFAULT_CHOICE] + shown
+    return [DEFAULT_CHOICE] + list(OFFICIAL) + shown
 
 
 def base_choices() -> list[str]:
@@ -53,11 +60,10 @@ def resolve_base(choice: str) -> Optional[str]:
 def missing_default_message(allow_download: bool) -> str:
     where = f"file '{DEFAULT_MODEL_PATH.name}' in folder '{DEFAULT_MODEL_PATH.parent}'"
     if allow_download:
-        return (f"the embedded default restorer is missing ({where}) and this version has no download "
-                "source for it; reinstall the node pack (the file ships with it), or put a restorer "
-                f"into ComfyUI/models/{cb.RESTORER_FOLDER} and pick it.")
-    return (f"the embedded default restorer is missing ({where}); downloads are off (allow_download). "
-            f"Reinstall the node pack, or put a restorer into ComfyUI/models/{cb.RESTORER_FOLDER} and pick it.")
+        return (f"the embedded default restorer is missing ({where}); it ships with the node pack and "
+                "has no download source: reinstall the pack, or pick another restorer.")
+    return (f"the embedded default restorer is missing ({where}). Reinstall the node pack, or put a "
+            f"restorer into ComfyUI/models/{cb.RESTORER_FOLDER} and pick it.")
 
 
 class LoadFaceRestorer:
@@ -83,18 +89,25 @@ class LoadFaceRestorer:
                 "precision": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
                               "tooltip": "auto: bf16/fp16 where ComfyUI says the GPU supports it, fp32 on CPU."}),
                 "allow_download": ("BOOLEAN", {"default": False,
-                                   "tooltip": "Allow fetching missing weights from the internet (off: offline)."}),
+                                   "tooltip": "Let the official models and SD 2.1-base download from the "
+                                              "Hugging Face Hub when missing (off: offline, an error names "
+                                              "the files and the folder)."}),
             }
         }
 
     def load(self, model_name: str, base_model: str, device: str, precision: str, allow_download: bool):
+        folder = Path(cb.restorer_dir())
         if model_name == DEFAULT_CHOICE:
             spec = None
             if not DEFAULT_MODEL_PATH.is_file():
                 raise ModelNotFoundError(missing_default_message(allow_download))
+        elif model_name in OFFICIAL:
+            spec = str(resolve_weights(OFFICIAL[model_name], folder, bool(allow_download)))
         else:
             spec = cb.model_path(cb.RESTORER_FOLDER, model_name)
         base = resolve_base(base_model)
+        if base is None and model_kind(spec) == "osdface":
+            base = str(resolve_weights("sd21-base", folder, bool(allow_download)))
         dev, dtype = cb.choose_device_dtype(device, precision)
         # Load on the CPU in fp32 and cast: the memory manager moves it to `dev` when needed.
         restorer = load_any_restorer(spec, base, device="cpu", dtype=torch.float32)

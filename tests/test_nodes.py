@@ -136,7 +136,7 @@ def test_model_list_shows_files_and_hides_osdface_parts(pack, restorer_files):
         choices = pack.NODE_CLASS_MAPPINGS["OneStepLoadFaceRestorer"].INPUT_TYPES()["required"]["model_name"][0]
     finally:
         shutil.rmtree(folder)
-    assert choices[0] == "default (embedded)"
+    assert choices[:3] == ["default (embedded)", "InstantRestore (official)", "OSDFace (official)"]
     assert {"tiny_a.safetensors", "tiny_b.safetensors", "osdface/pytorch_lora_weights.safetensors"} <= set(choices)
     assert not any(c.endswith(("associate_2.ckpt", "embedding_change_weights.pth")) for c in choices)
 
@@ -150,6 +150,29 @@ def test_missing_default_model_names_file_and_folder(pack, N, tmp_path, monkeypa
         with pytest.raises(errors.ModelNotFoundError) as info:
             N["OneStepLoadFaceRestorer"].load("default (embedded)", "none", "auto", "auto", allow)
         assert "default_restorer.safetensors" in str(info.value) and str(missing.parent) in str(info.value)
+
+
+def test_official_models_offline_errors_name_files_and_folder(pack, N, monkeypatch):
+    errors = harness.core(pack, "errors")
+    folder = Path(folder_paths.models_dir) / "face_restore_onestep"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never touch the network, even when allowed
+    load = N["OneStepLoadFaceRestorer"].load
+    with pytest.raises(errors.ModelNotFoundError) as off:
+        load("InstantRestore (official)", "none", "auto", "auto", False)
+    assert "final_model_ckpt.pt" in str(off.value) and str(folder / "instantrestore") in str(off.value)
+    assert "allow_download" in str(off.value)
+    with pytest.raises(errors.ModelNotFoundError, match="HF_HUB_OFFLINE"):
+        load("InstantRestore (official)", "none", "auto", "auto", True)
+    osd = folder / "osdface"
+    osd.mkdir()
+    try:
+        for name in ("pytorch_lora_weights.safetensors", "embedding_change_weights.pth", "associate_2.ckpt"):
+            (osd / name).write_bytes(b"x")
+        with pytest.raises(errors.ModelNotFoundError) as base:  # OSDFace found; its SD 2.1-base is not
+            load("OSDFace (official)", "none", "auto", "auto", False)
+    finally:
+        shutil.rmtree(osd)
+    assert "sd21-base" in str(base.value) and "unet/diffusion_pytorch_model.safetensors" in str(base.value)
 
 
 def test_restorer_goes_through_comfy_memory_manager(N, handle, blake):
