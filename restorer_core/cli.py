@@ -224,6 +224,8 @@ def run_restore(inputs: Sequence[Path], pipeline: Any, bank: Any, options: Any, 
         info = getattr(pipeline, "last_cache_info", None)
         if info is not None:
             report.reference_cache = info.to_dict()
+        order = {str(p): i for i, p in enumerate(inputs)}  # report images in input order
+        report.images.sort(key=lambda im: order.get(im.input, len(order)))
 
     try:
         while pending:
