@@ -402,6 +402,8 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in .safetensors, got {out.name}")
     if out.exists():
         raise UsageError(f"{out} already exists; choose another name (banks are never overwritten)")
+    if not 64 <= args.align_size <= 2048:
+        raise UsageError(f"--align-size must be between 64 and 2048 px, got {args.align_size}")
     for spec in args.sources:
         if not Path(spec).exists():
             raise UsageError(f"reference source not found: {spec}")

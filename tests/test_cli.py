@@ -213,11 +213,17 @@ def test_similar_selection_without_identity_weights_is_a_usage_error(photos, mod
 
 def test_face_selection_by_index(photos, model_file, tmp_path):
     out = tmp_path / "out"
-    assert _restore([photos["group"]], out, model_file, "--faces", "index:1", "--report", str(tmp_path / "r.json")) == 0
+    assert _restore([photos["group"]], out, model_file, "--faces", "index:1", "--save-faces",
+                    "--report", str(tmp_path / "r.json")) == 0
     image = json.loads((tmp_path / "r.json").read_text())["images"][0]
     assert image["faces_restored"] == 1
     assert [f["index"] for f in image["faces"] if f["status"] == "restored"] == [1]
     assert image["faces_skipped"] == image["faces_found"] - 1
+    saved = sorted(p.name for p in (out / "faces").iterdir())
+    assert saved == ["group_face1_input.png", "group_face1_restored.png"]
+    assert sorted(image["saved_faces"]) == [str(out / "faces" / n) for n in saved]
+    crop_in, crop_out = _read(out / "faces" / saved[0]), _read(out / "faces" / saved[1])
+    assert crop_in.shape == crop_out.shape == (64, 64, 3) and not np.array_equal(crop_in, crop_out)
 
 
 # ----------------------------------------------------------------------------- bank commands
