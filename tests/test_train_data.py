@@ -24,7 +24,9 @@ from restorer_core.train.losses import (
     landmark_attention_loss,
     pixel_loss,
     query_region_labels,
+    reference_keys_to_heads,
     region_masks,
+    split_heads,
     ssim,
     ssim_loss,
 )
@@ -314,3 +316,14 @@ def test_landmark_loss_ignores_padded_references_and_broadcast_keys():
                                  ref_land[:1].expand(2, -1, -1, -1), ref_mask[:1].expand(2, -1), CROP)
     assert float(bc) == pytest.approx(float(one), rel=1e-5)
     assert math.isfinite(float(one))
+
+
+def test_head_layout_helpers_match_the_loss_layout():
+    b, r, t, heads, d = 2, 3, 16, 2, 4
+    keys = torch.randn(b, r, t, heads * d)
+    k = reference_keys_to_heads(keys, heads)
+    assert k.shape == (b, heads, r * t, d)
+    # token j of reference i, head h, is channel block h of keys[:, i, j]
+    assert torch.equal(k[:, 1, 2 * t + 5], keys[:, 2, 5, d:2 * d])
+    q = split_heads(torch.randn(b, t, heads * d), heads)
+    assert q.shape == (b, heads, t, d)

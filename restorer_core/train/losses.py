@@ -179,6 +179,12 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
+def reference_keys_to_heads(keys: torch.Tensor, heads: int) -> torch.Tensor:
+    """ReferenceKV keys [Bk, R, T, heads * d] -> [Bk, heads, R*T, d] (reference-major), the layout this loss takes."""
+    bk, r, t, c = keys.shape
+    return keys.reshape(bk, r * t, heads, c // heads).transpose(1, 2)
+
+
 def landmark_attention_layer_loss(
     q: torch.Tensor,
     k: torch.Tensor,
