@@ -1,0 +1,309 @@
+"""Train the small embedded restorer (or any RestorerConfig) on identity folders, in resumable chunks.
+
+    python -m restorer_core.train.train_restorer --data .traindata/faces128.npz --out runs/restorer \
+        --minutes 8 [--identity runs/identity/identity_embedder.safetensors]
+
+Each call trains for at most --minutes, checkpoints every --checkpoint-minutes and at the end
+(atomically, tensors only: resumable with torch.load(weights_only=True)), and resumes from the
+checkpoint in --out when there is one. Under torchrun (WORLD_SIZE > 1) the same command trains
+data-parallel on every GPU of the host. Mixed precision (bf16 autocast) on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..loaders.project_format import save_restorer
+from ..models.config import RestorerConfig, small_default_config
+from ..models.restorer import OneStepRestorer
+from .dataset import FaceCache, RestorationDataset, TrainDataConfig, ValidationDataset, build_validation_set
+from .losses import landmark_attention_loss, ssim, ssim_loss
+
+
+@dataclass
+class LossWeights:
+    l1: float = 1.0
+    ssim: float = 0.5
+    identity: float = 0.2
+    landmark: float = 0.02
+    vq: float = 0.25
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    minutes: float = 8.0
+    checkpoint_minutes: float = 3.0
+    batch_size: int = 32
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 300
+    total_steps: int = 15000  # horizon of the cosine schedule (resume-safe: depends on global step)
+    ema_decay: float = 0.999
+    num_workers: int = 8
+    constant_prompt_prob: float = 0.15  # also train the reference-only mode (constant prompt)
+    val_every: int = 1000
+    val_samples: int = 96
+    seed: int = 0
+    identity_weights: Optional[str] = None
+    mixed_precision: str = "bf16"
+    resolution: int = 128
+    log_every: int = 50
+    weights: LossWeights = field(default_factory=LossWeights)
+
+
+# --------------------------------------------------------------------------- distributed helpers
+def setup_distributed() -> tuple:
+    """(rank, world_size, device) from torchrun's environment, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return rank, world, device
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TrainStep(nn.Module):
+    """One forward of the training objective, so DDP sees every parameter through `forward`."""
+
+    def __init__(self, model: OneStepRestorer, identity: Optional[nn.Module], cfg: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.identity = identity
+        self.cfg = cfg
+
+    def forward(self, batch: dict, use_constant_prompt: bool) -> dict:
+        m, w = self.model, self.cfg.weights
+        hq, lq = batch["hq"], batch["lq"]
+        has_refs = bool(batch["ref_mask"].any())
+        refs = m.encode_references(batch["refs"], batch["ref_mask"]) if has_refs else None
+        x = lq * 2 - 1
+        vq_loss = hq.new_zeros(())
+        if m.vre is not None and not use_constant_prompt:
+            context, vq_loss = m.vre.forward_train(x)
+            mode = "both" if has_refs else "visual_prompt"
+        else:
+            context = m.prompt(x, False)
+            mode = "references" if has_refs else "none"
+
+        queries, keys = [], []
+        if has_refs and w.landmark > 0:
+            m._ctx.probe = lambda layer, q, k, scale, n: (queries.append(q), keys.append(k))
+        try:
+            out = m(lq, refs, mode=mode, context=context)
+        finally:
+            m._ctx.probe = None
+        losses = {"l1": F.l1_loss(out, hq), "ssim": ssim_loss(out.float(), hq.float()), "vq": vq_loss}
+        if self.identity is not None and w.identity > 0:
+            with torch.no_grad():
+                e_t = self.identity(hq)
+            e_p = self.identity(out)
+            losses["identity"] = (1 - (e_p * e_t).sum(-1)).mean()
+        if queries:
+            losses["landmark"] = landmark_attention_loss(
+                queries, keys, batch["landmarks"], batch["ref_landmarks"], batch["ref_mask"], hq.shape[-1])
+        total = sum(getattr(w, k) * v.float() for k, v in losses.items())
+        losses["total"] = total
+        return losses
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def evaluate(model: OneStepRestorer, vset, device, n: int) -> dict:
+    """PSNR/SSIM on the fixed validation set at x4 and x8, with 4 references and without."""
+    model.eval()
+    out = {}
+    for scale in (4, 8):
+        ds = ValidationDataset(vset, scale)
+        idx = list(range(min(n, len(ds))))
+        batch = torch.utils.data.default_collate([ds[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        refs = model.encode_references(batch["refs"], batch["ref_mask"])
+        for name, kv in (("refs4", refs), ("norefs", None)):
+            pred = model(batch["lq"], kv, mode="auto").float()
+            mse = ((pred - batch["hq"]) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+            out[f"x{scale}_{name}_psnr"] = float((10 * torch.log10(1 / mse)).mean())
+            out[f"x{scale}_{name}_ssim"] = float(ssim(pred, batch["hq"]).mean())
+        out[f"x{scale}_lq_psnr"] = float((10 * torch.log10(1 / ((batch["lq"] - batch["hq"]) ** 2)
+                                                            .flatten(1).mean(1))).mean())
+    model.train()
+    return out
+
+
+def train(cfg: TrainConfig) -> dict:
+    rank, world, device = setup_distributed()
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    amp = device.type == "cuda" and cfg.mixed_precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    rconf: RestorerConfig = small_default_config(cfg.resolution)
+    model = OneStepRestorer(rconf).to(device)
+    model.prompt_embeds.requires_grad_(True)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+
+    identity = None
+    if cfg.identity_weights and cfg.weights.identity > 0:
+        from ..identity import load_identity_embedder
+
+        identity = load_identity_embedder(cfg.identity_weights).to(device).eval().requires_grad_(False)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step, elapsed_total = 0, 0.0
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed_total = int(state["step"]), float(state["elapsed"])
+        if rank == 0:
+            print(f"resumed from {ckpt_path} at step {step} ({elapsed_total / 60:.1f} min trained)")
+
+    step_fn = TrainStep(model, identity, cfg)
+    if world > 1:
+        step_fn = nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+
+    cache = FaceCache.load(cfg.data)
+    if cache.crop_size != cfg.resolution:
+        raise ValueError(f"{cfg.data} holds {cache.crop_size}px crops; this run trains at {cfg.resolution}px")
+    dcfg = TrainDataConfig(seed=cfg.seed + 1000 * (step // 1000) + rank)
+    dataset = RestorationDataset(cache, "train", dcfg)
+    vset = build_validation_set(cache, scales=(4, 8), num_refs=4, seed=1234) if rank == 0 else None
+    g = torch.Generator().manual_seed(cfg.seed + step + 7919 * rank)
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**8, generator=g)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.num_workers > 0)
+
+    log_path = out_dir / "train_log.jsonl"
+    t_start = time.time()
+    last_ckpt = t_start
+    rng = torch.Generator().manual_seed(cfg.seed + 31 * step + rank)
+
+    def save_checkpoint() -> None:
+        if rank != 0:
+            return
+        _atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(),
+                            "opt": opt.state_dict(), "step": step,
+                            "elapsed": elapsed_total + time.time() - t_start,
+                            "config": json.dumps(asdict(cfg), default=str)}, ckpt_path)
+
+    model.train()
+    running: dict = {}
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        constant = bool(torch.rand((), generator=rng) < cfg.constant_prompt_prob)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            losses = step_fn(batch, constant)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm.detach(), 1 - d)
+        step += 1
+        for k, v in losses.items():
+            running[k] = running.get(k, 0.0) + float(v.detach())
+        now = time.time()
+        if rank == 0 and step % cfg.log_every == 0:
+            rec = {"step": step, "lr": lr_at(step, cfg), "minutes": (elapsed_total + now - t_start) / 60,
+                   **{k: v / cfg.log_every for k, v in running.items()}}
+            running = {}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), flush=True)
+        if rank == 0 and step % cfg.val_every == 0:
+            metrics = evaluate(ema, vset, device, cfg.val_samples)
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "val": metrics}) + "\n")
+            print("val", json.dumps(metrics), flush=True)
+        if now - last_ckpt > cfg.checkpoint_minutes * 60:
+            save_checkpoint()
+            last_ckpt = now
+        if now - t_start > cfg.minutes * 60:
+            break
+
+    save_checkpoint()
+    summary = {}
+    if rank == 0:
+        metrics = evaluate(ema, vset, device, cfg.val_samples)
+        summary = {"step": step, "minutes_trained": (elapsed_total + time.time() - t_start) / 60,
+                   "world_size": world, "device": torch.cuda.get_device_name(device)
+                   if device.type == "cuda" else "cpu", "val": metrics, "config": asdict(cfg)}
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"step": step, "val": metrics, "final": True}) + "\n")
+        ema.invalidate_weight_hash()
+        save_restorer(out_dir / "restorer.safetensors", ema, info={"training": summary}, overwrite=True)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        print("summary", json.dumps(summary, default=str), flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--minutes", type=float, default=8.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--total-steps", type=int, default=15000)
+    p.add_argument("--num-workers", type=int, default=8)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--val-samples", type=int, default=96)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--identity", dest="identity_weights", default=None)
+    p.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items()})
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
