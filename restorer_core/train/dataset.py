@@ -43,9 +43,9 @@ def flip_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
     return out[..., FLIP_PERMUTATION, :]
 
 
-def to_chw(img_uint8: np.ndarray) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, H, W] float32 in 0..1."""
-    return torch.from_numpy(np.ascontiguousarray(img_uint8.transpose(2, 0, 1))).float().div_(255.0)
+def to_chw(img_uint8: np.ndarray) -> np.ndarray:
+    """[H, W, 3] uint8 -> [3, H, W] float32 in 0..1 (numpy: no torch thread pool in data workers)."""
+    return img_uint8.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -185,25 +185,26 @@ def pack_sample(
     """Tensors of one sample; references padded with zeros to ``max_refs`` (``ref_mask`` marks real ones,
     ``ref_index`` holds their cache indices, -1 for padding)."""
     s = hq.shape[0]
-    ref_t = torch.zeros(max_refs, 3, s, s)
-    ref_lm_t = torch.zeros(max_refs, 5, 2)
-    mask = torch.zeros(max_refs, dtype=torch.bool)
-    ref_idx_t = torch.full((max_refs,), -1, dtype=torch.int64)
-    ref_idx_t[: min(len(ref_index), max_refs)] = torch.as_tensor(np.asarray(ref_index, np.int64)[:max_refs])
-    for j, r in enumerate(refs[:max_refs]):
-        ref_t[j] = to_chw(r)
-        ref_lm_t[j] = torch.from_numpy(np.asarray(ref_landmarks[j], np.float32))
+    ref_t = np.zeros((max_refs, 3, s, s), np.float32)
+    ref_lm = np.zeros((max_refs, 5, 2), np.float32)
+    mask = np.zeros(max_refs, bool)
+    ref_idx = np.full(max_refs, -1, np.int64)
+    n = min(len(refs), max_refs)
+    ref_idx[:n] = np.asarray(ref_index, np.int64)[:n] if len(ref_index) else -1
+    for j in range(n):
+        ref_t[j] = to_chw(refs[j])
+        ref_lm[j] = ref_landmarks[j]
         mask[j] = True
     return {
-        "hq": to_chw(hq),
-        "lq": to_chw(lq),
-        "refs": ref_t,
-        "ref_mask": mask,
-        "landmarks": torch.from_numpy(np.asarray(landmarks, np.float32).copy()),
-        "ref_landmarks": ref_lm_t,
+        "hq": torch.from_numpy(to_chw(hq)),
+        "lq": torch.from_numpy(to_chw(lq)),
+        "refs": torch.from_numpy(ref_t),
+        "ref_mask": torch.from_numpy(mask),
+        "landmarks": torch.from_numpy(np.array(landmarks, np.float32)),
+        "ref_landmarks": torch.from_numpy(ref_lm),
         "identity": torch.tensor(identity, dtype=torch.int64),
         "index": torch.tensor(index, dtype=torch.int64),
-        "ref_index": ref_idx_t,
+        "ref_index": torch.from_numpy(ref_idx),
     }
 
 
