@@ -233,10 +233,13 @@ def build_bank(sources: Sequence[Source], detector: Any = "yunet", align_size: i
 def _atomic_save_file(tensors: dict, metadata: dict, path: Path, overwrite: bool) -> None:
     from safetensors.torch import save_file
 
+    from .report import default_file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, default_file_mode())
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -166,6 +166,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def default_file_mode() -> int:
+    """Permissions a plainly created file would get (0o666 minus the umask); temp files from
+    mkstemp are 0o600, which would hide outputs from other users."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_report(report: Union[RunReport, dict], path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """Write the report as JSON atomically; refuses to replace an existing file unless asked."""
     path = Path(path)
@@ -177,6 +185,7 @@ def write_report(report: Union[RunReport, dict], path: Union[str, os.PathLike], 
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -155,6 +155,10 @@ def test_outputs_never_overwrite(photos, model_file, tmp_path):
     first, second = folder / "portrait_restored_1.png", folder / "portrait_restored_2.png"
     assert first.is_file() and second.is_file()
     assert np.array_equal(_read(first), _read(second))  # same input, same seed: same result
+    from restorer_core.report import default_file_mode
+
+    for made in (first, second, folder / "restore_report.json"):  # not the temp files' 0o600
+        assert made.stat().st_mode & 0o777 == default_file_mode()
     reports = sorted(p.name for p in folder.glob("restore_report*.json"))
     assert reports == ["restore_report.json", "restore_report_1.json"]
     assert not list(folder.glob(".*tmp"))
