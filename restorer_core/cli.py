@@ -361,7 +361,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
         detector = create_detector(args.detector, args.detector_model)
         bank = open_bank(args.refs, detector) if args.refs else None
-        restorer = load_any_restorer(args.model, args.base, device, dtype)
+        restorer = load_any_restorer(args.model, args.base, device, dtype, args.models_dir, args.allow_download)
     except (BankError, CheckpointError, DetectorError) as exc:
         raise UsageError(str(exc)) from exc
     identity = None
@@ -487,8 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refs", default=None, help="reference photos of the person: a folder, an image, or a bank "
                    ".safetensors made with `bank build`")
     r.add_argument("--model", default="default", help="restorer: default | FILE.safetensors | InstantRestore .pt "
-                   "| OSDFace folder")
-    r.add_argument("--base", default=None, help="Stable Diffusion 2.1-base folder or file (OSDFace models)")
+                   "| OSDFace folder | instantrestore | osdface (official weights in --models-dir)")
+    r.add_argument("--base", default=None, help="Stable Diffusion 2.1-base folder or file (OSDFace models; "
+                   "default: sd21-base in --models-dir)")
+    r.add_argument("--models-dir", default=None, help="folder of official weights by name (default: "
+                   "$ONESTEP_FACE_RESTORE_MODELS or ~/.cache/onestep-face-restore/models)")
+    r.add_argument("--allow-download", action="store_true",
+                   help="fetch missing official weights from the Hugging Face Hub")
     r.add_argument("--mode", "--method", dest="mode", default="auto",
                    choices=("auto", "references", "visual_prompt", "both", "none"),
                    help="conditioning: auto uses references when given and the visual prompt when the "

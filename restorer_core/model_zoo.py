@@ -2,7 +2,9 @@
 
 `load_any_restorer` looks at what it is given and hands it to the right loader: the embedded
 default model, a restorer in this project's .safetensors format, an official InstantRestore
-checkpoint (.pt), or an official OSDFace folder plus its Stable Diffusion 2.1-base.
+checkpoint (.pt), or an official OSDFace folder plus its Stable Diffusion 2.1-base. The names
+"instantrestore" and "osdface" find the official weights in a models folder (downloaded from
+the Hub only when allowed; see loaders/download.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from .errors import CheckpointError, ModelNotFoundError
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "models" / "default_restorer.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 OSDFACE_MARKER = "pytorch_lora_weights.safetensors"
+OFFICIAL_NAMES = ("instantrestore", "osdface")
+MODELS_ENV = "ONESTEP_FACE_RESTORE_MODELS"
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -63,6 +67,32 @@ def pick_device_dtype(device: Any = None, dtype: Any = None) -> tuple:
     return dev, chosen
 
 
+def default_models_dir() -> Path:
+    """Where official weights are looked for by name: $ONESTEP_FACE_RESTORE_MODELS, else
+    $XDG_CACHE_HOME/onestep-face-restore/models (~/.cache/...)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onestep-face-restore" / "models"
+
+
+def resolve_official(spec: Optional[PathLike], base: Optional[PathLike], models_dir: Optional[PathLike] = None,
+                     allow_download: bool = False) -> tuple:
+    """(spec, base) with the official names replaced by paths in the models folder; an OSDFace
+    model without `base` gets the folder's sd21-base. ModelNotFoundError says what to put where."""
+    from .loaders.download import resolve_weights
+
+    folder = Path(models_dir) if models_dir is not None else default_models_dir()
+    if spec is not None and str(spec).strip().lower() in OFFICIAL_NAMES and not Path(spec).exists():
+        spec = resolve_weights(str(spec).strip().lower(), folder, allow_download)
+    if base is None and spec is not None and model_kind(spec) == "osdface":
+        try:
+            base = resolve_weights("sd21-base", folder, allow_download)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"OSDFace runs on Stable Diffusion 2.1-base: pass it with --base, or {exc}") from exc
+    return spec, base
+
+
 def model_kind(spec: Optional[PathLike]) -> str:
     """"default" | "project" | "instantrestore" | "osdface" for a model spec (no loading)."""
     if spec is None or str(spec).strip().lower() in ("", "default"):
@@ -85,10 +115,13 @@ def model_kind(spec: Optional[PathLike]) -> str:
 
 
 def load_any_restorer(spec: Optional[PathLike] = None, base: Optional[PathLike] = None,
-                      device: Any = "cpu", dtype: Any = None) -> Any:
+                      device: Any = "cpu", dtype: Any = None, models_dir: Optional[PathLike] = None,
+                      allow_download: bool = False) -> Any:
     """Load a OneStepRestorer from the default model, a project .safetensors, an InstantRestore
-    .pt, or an OSDFace folder (+ `base`: the SD 2.1-base folder or single file), in eval mode."""
+    .pt, or an OSDFace folder (+ `base`: the SD 2.1-base folder or single file), in eval mode.
+    `spec` may also be "instantrestore" / "osdface": official weights found in `models_dir`."""
     dev, dt = pick_device_dtype(device, dtype)
+    spec, base = resolve_official(spec, base, models_dir, allow_download)
     kind = model_kind(spec)
     if kind == "default":
         if not DEFAULT_MODEL_PATH.is_file():

@@ -298,13 +298,24 @@ def test_model_zoo_dispatch_and_errors(model_file, tmp_path, monkeypatch):
     osd.mkdir()
     (osd / "pytorch_lora_weights.safetensors").write_bytes(b"")
     with pytest.raises(ModelNotFoundError, match="--base"):
-        zoo.load_any_restorer(osd)
+        zoo.load_any_restorer(osd, models_dir=tmp_path / "models")
+    with pytest.raises(ModelNotFoundError, match="final_model_ckpt.pt"):
+        zoo.load_any_restorer("instantrestore", models_dir=tmp_path / "models")  # by name, offline
     assert zoo.pick_device_dtype("cpu") == (torch.device("cpu"), torch.float32)
     assert zoo.pick_device_dtype("cpu", "bf16")[1] == torch.bfloat16
     with pytest.raises(ValueError, match="fp16"):
         zoo.pick_device_dtype("cpu", "fp16")
     with pytest.raises(ValueError, match="dtype"):
         zoo.parse_dtype("int8")
+
+
+def test_official_model_by_name_missing_is_a_usage_error(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["restore", str(photos["portrait"]), "--out", str(out), "--model", "osdface",
+                 "--models-dir", str(tmp_path / "models"), "--quiet"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "pytorch_lora_weights.safetensors" in err and str(tmp_path / "models") in err
 
 
 def test_convert_delegates_to_the_converter(tmp_path, capsys):
