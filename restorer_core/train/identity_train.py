@@ -279,12 +279,13 @@ def train(cfg: IdentityTrainConfig) -> dict:
     log.info(f"data {cfg.data}: {len(train_idx)} train crops / {len(train_ids)} people, "
              f"{len(val_idx)} val crops / {len(np.unique(cache.identity[val_idx]))} people; device {device}")
 
-    clean_np = cache.images(train_idx)
+    threads = max(1, cfg.num_threads or (os.cpu_count() or 1))
+    clean_np = cache.images(train_idx, threads)
     lq_np = degraded_copies(clean_np, cfg.seed, cfg.num_threads)
     clean = torch.from_numpy(clean_np).to(device)
     lq = torch.from_numpy(lq_np).to(device)
     labels = torch.from_numpy(labels_np).to(device)
-    val_clean_np = cache.images(val_idx)
+    val_clean_np = cache.images(val_idx, threads)
     val_lq_np = np.stack([degrade_fixed(im, 4, int(i)) for im, i in zip(val_clean_np, val_idx)]) if len(val_idx) else val_clean_np
     val_labels = cache.identity[val_idx]
     log.info(f"decoded and degraded in {time.time() - t_start:.1f}s")
