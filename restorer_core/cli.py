@@ -368,11 +368,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if bank is not None:  # similarity is measured against the bank's person
         identity = _identity_or_note(report, selection.mode == "similar", device)
     pipeline = FaceRestorePipeline(restorer, identity=identity)
-    pipeline._detectors[(options.detector, options.detector_model)] = detector
+    pipeline.add_detector(options, detector)
     try:
         pipeline.uses_references(bank, options)
         if selection.mode == "similar":
-            pipeline._similarity_fn(bank, options)
+            pipeline.similarity_fn(bank, options)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     report.model = describe_model(restorer)

@@ -126,7 +126,12 @@ class FaceRestorePipeline:
         return int(self.restorer.config.resolution)
 
     # ----------------------------------------------------------------------------- helpers
+    def add_detector(self, options: RestoreOptions, detector: Any) -> None:
+        """Use an already created detector for options.detector / options.detector_model."""
+        self._detectors[(options.detector, options.detector_model)] = detector
+
     def detector(self, options: RestoreOptions) -> Any:
+        """The detector the options name (created once, then reused: ONNX sessions are slow to make)."""
         key = (options.detector, options.detector_model)
         if key not in self._detectors:
             from .detect import create_detector
@@ -179,7 +184,9 @@ class FaceRestorePipeline:
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return [float(v) for v in emb @ target]
 
-    def _similarity_fn(self, bank: Any, options: RestoreOptions) -> Optional[Callable]:
+    def similarity_fn(self, bank: Any, options: RestoreOptions) -> Optional[Callable]:
+        """For selection mode "similar": faces -> similarity to the bank; None for other modes.
+        ValueError saying what is missing when the bank or the identity embedder is."""
         if options.selection.mode != "similar":
             return None
         if bank is None:
@@ -246,7 +253,7 @@ class FaceRestorePipeline:
 
         rgb8 = to_rgb8(np.asarray(pixels))
         report = locate_faces_report(rgb8, self.detector(options), self.crop_size(options),
-                                     options.selection, image_index, self._similarity_fn(bank, options))
+                                     options.selection, image_index, self.similarity_fn(bank, options))
         faces = report.faces
         arr = np.asarray(pixels)
         if not (arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3) and faces:
