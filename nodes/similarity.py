@@ -19,14 +19,14 @@ CATEGORY = "face restore/one-step"
 _IDENTITY: dict = {}
 
 
-def get_identity() -> Any:
+def get_identity(alternative: str = "remove the Face Similarity node") -> Any:
     """The shipped identity embedder (loaded once per file version); ModelNotFoundError if absent."""
     path = DEFAULT_EMBEDDER_PATH
     if not path.is_file():
         raise ModelNotFoundError(
             f"face similarity needs the identity embedder: file '{path.name}' in folder "
-            f"'{path.parent}' is missing. Reinstall the node pack, or use a selection other than "
-            "'similar'.")
+            f"'{path.parent}' is missing. Reinstall the node pack (the file ships with it), or "
+            f"{alternative}.")
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _IDENTITY:
         _IDENTITY.clear()
@@ -63,7 +63,7 @@ def similarity_fn(bank: Any):
     if bank is None:
         raise ValueError("selection 'similar' keeps the faces that look like the reference person: "
                          "connect a REF_BANK to Detect Faces, or choose another selection.")
-    identity = get_identity()
+    identity = get_identity("choose a selection other than 'similar'")
     return lambda faces: similarity_to_bank(identity, [f.crop for f in faces], bank)
 
 

@@ -385,6 +385,21 @@ def test_face_similarity_and_similar_selection(N, blake, bank, identity_file):
     assert [f.face_index for f in kept.faces] == [1]
 
 
+def test_missing_identity_embedder_names_file_folder_and_way_out(pack, N, blake, bank, tmp_path, monkeypatch):
+    sim = sys.modules[f"{pack.__name__}.nodes.similarity"]
+    missing = tmp_path / "models" / "identity_embedder.safetensors"
+    monkeypatch.setattr(sim, "DEFAULT_EMBEDDER_PATH", missing)
+    errors = harness.core(pack, "errors")
+    faces = detect(N, blake)[0]
+    with pytest.raises(errors.ModelNotFoundError) as node:
+        N["OneStepFaceSimilarity"].score(faces, bank)
+    with pytest.raises(errors.ModelNotFoundError) as selection:
+        detect(N, blake, selection="similar", reference_bank=bank)
+    for info in (node, selection):
+        assert missing.name in str(info.value) and str(missing.parent) in str(info.value)
+    assert "Face Similarity node" in str(node.value) and "other than 'similar'" in str(selection.value)
+
+
 def test_similar_selection_without_bank_is_a_clear_error(N, blake):
     with pytest.raises(ValueError, match="REF_BANK"):
         detect(N, blake, selection="similar")
