@@ -7,8 +7,7 @@ these functions there is one file to fix.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -140,10 +139,6 @@ def load_on_device(patcher: Any) -> None:
     model_management.load_models_gpu([patcher], force_full_load=True)
 
 
-def free_cache() -> None:
-    model_management.soft_empty_cache()
-
-
 # ----------------------------------------------------------------------------- progress, cancel
 
 
@@ -162,21 +157,11 @@ def interrupted_exception() -> type:
     return model_management.InterruptProcessingException
 
 
-@dataclass
 class Progress:
     """A ComfyUI progress bar driven by restorer_core's progress(done, total) callbacks."""
 
-    total: int
-    _bar: Any = field(init=False, default=None)
-
-    def __post_init__(self) -> None:
-        self._bar = comfy.utils.ProgressBar(max(int(self.total), 1))
+    def __init__(self, total: int):
+        self._bar = comfy.utils.ProgressBar(max(int(total), 1))
 
     def __call__(self, done: int, total: Optional[int] = None) -> None:
         self._bar.update_absolute(int(done), None if total is None else max(int(total), 1))
-
-    def step(self, n: int = 1) -> None:
-        self._bar.update(n)
-
-
-ProgressFn = Callable[[int, int], None]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 STUB = Path(__file__).resolve().parent / "comfy_stub"
 if str(STUB) not in sys.path:
