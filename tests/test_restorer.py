@@ -401,6 +401,31 @@ def test_half_precision_restorer_keeps_the_exact_schedule():
     assert torch.equal(dec_in, expected)
 
 
+def test_half_precision_reference_latents_get_their_noise():
+    """bf16: the references' t=1 noise must keep its sqrt(1 - alpha_bar[1]) = 0.041 scale.
+
+    Only the noise is random here (latent mode), so the difference of two seeds' UNet inputs is
+    that scale times the difference of the two noise draws.
+    """
+    model = build(tiny_config("instantrestore", latent_sample="mode")).to(torch.bfloat16)
+    seen = []
+    hook = model.ref_unet.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0].float()),
+                                                   with_kwargs=True)
+    refs = faces(2, 44)
+    try:
+        with torch.no_grad():
+            model.encode_references(refs, generator=gen(1))
+            model.encode_references(refs, generator=gen(2))
+    finally:
+        hook.remove()
+    shape = seen[0].shape
+    dn = (torch.randn(shape, generator=gen(1), dtype=torch.bfloat16).float()
+          - torch.randn(shape, generator=gen(2), dtype=torch.bfloat16).float())
+    scale = float(((seen[0] - seen[1]) * dn).sum() / (dn * dn).sum())
+    expected = float((1 - scheduler_alphas()[1]).sqrt())
+    assert abs(scale / expected - 1) < 0.03, f"noise scale {scale:.4f}, expected {expected:.4f}"
+
+
 # ----------------------------------------------------------------------------------- references
 def test_cached_reference_kv_gives_the_same_output_as_recomputing():
     model = build(tiny_config("instantrestore"))
@@ -611,3 +636,49 @@ def test_plain_attention_is_a_fair_reference():
         b = unet_diffusers(z, 399, encoder_hidden_states=ctx).sample
     close(a, b, 1e-4 * max(1.0, float(b.abs().max())))
     assert math.isfinite(float(a.abs().sum()))
+
+
+# ----------------------------------------------------------------------------------- fast.py
+@pytest.mark.parametrize("method", ["instantrestore", "osdface", "hybrid"])
+def test_fast_restorer_equals_forward_exactly(method):
+    from restorer_core.models.fast import FastRestorer
+
+    model = build(tiny_config(method))
+    fast = FastRestorer(model)
+    lq = faces(2, 40)
+    with torch.no_grad():
+        kv = None if method == "osdface" else model.encode_references(faces(2, 41), generator=gen(1))
+        expected = model(lq, kv, generator=gen(2))
+        per_face = model(lq, kv, generator=[gen(3), gen(4)])
+    assert torch.equal(fast(lq, kv, generator=gen(2)), expected)
+    assert torch.equal(fast(lq, kv, generator=[gen(3), gen(4)]), per_face)  # pipeline style
+    if kv is not None:
+        masked = ReferenceKV(list(kv.layers), kv.keys, kv.values, torch.tensor([[True, False]]))
+        with torch.no_grad():
+            assert torch.equal(fast(lq, masked, generator=gen(2)), model(lq, masked, generator=gen(2)))
+
+
+def test_fast_restorer_channels_last_keeps_the_output():
+    from restorer_core.models.fast import FastRestorer, SpeedConfig
+
+    model = build(tiny_config("instantrestore"))
+    lq = faces(2, 42)
+    with torch.no_grad():
+        kv = model.encode_references(faces(2, 43), generator=gen(1))
+        expected = model(lq, kv, generator=gen(2))
+    fast = FastRestorer(model, SpeedConfig(channels_last=True))
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    close(fast(lq, kv, generator=gen(2)), expected, 1e-5)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fast(lq, kv, mode="turbo")
+
+
+def test_speed_config_rejects_conflicts():
+    from restorer_core.models.fast import FastRestorer, SpeedConfig
+
+    with pytest.raises(ValueError, match="already uses CUDA graphs"):
+        SpeedConfig(cuda_graph=True, compile_mode="reduce-overhead")
+    with pytest.raises(ValueError, match="compile_mode"):
+        SpeedConfig(compile_mode="fastest")
+    with pytest.raises(ValueError, match="CUDA"):
+        FastRestorer(build(tiny_config("hybrid")), SpeedConfig(cuda_graph=True))

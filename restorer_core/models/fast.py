@@ -1,0 +1,235 @@
+"""Inference speed-ups for OneStepRestorer that keep its output.
+
+`FastRestorer(restorer, SpeedConfig(...))` is called like the restorer itself
+(``fast(lq, refs, mode, generator)``) and returns the same images:
+
+* the random numbers (latent sample, timestep noise) are drawn outside the network, with the
+  same generator(s) and in the same order as ``OneStepRestorer.forward``, so seeded runs agree;
+* the timestep goes to the UNet as a device tensor (a Python int makes diffusers build a tensor
+  on the device every call, a host-device sync that also forbids CUDA graph capture);
+* the prompt (constant caption or visual prompt) is computed eagerly, the network core
+  (VAE encode -> noise -> UNet with reference attention -> x0 -> VAE decode) is what gets
+  optimised:
+    - ``channels_last``: NHWC convolutions (cuDNN's native layout for fp16/bf16),
+    - ``compile_mode``: ``torch.compile`` of the core ("default", "max-autotune-no-cudagraphs",
+      "reduce-overhead", ...),
+    - ``cuda_graph``: the core captured once per input shape and replayed (no Python or
+      kernel-launch overhead; static input buffers are refilled each call).
+
+Reference keys/values are not touched: compute them once with ``encode_references`` (the bank
+cache) and pass them to every call. A reference mask with masked-out entries needs a host
+check inside attention, so such calls run without the CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import vae_io
+from .reference_kv import ReferenceKV
+from .schedule import add_noise, predict_x0
+
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class SpeedConfig:
+    """Which speed-ups a FastRestorer uses (all keep the restorer's output)."""
+
+    channels_last: bool = False
+    compile_mode: Optional[str] = None
+    cuda_graph: bool = False
+    cudnn_benchmark: bool = True  # global torch setting; lets cuDNN pick the fastest conv kernels
+    warmup_runs: int = 2  # eager runs before a CUDA graph capture (cuDNN autotuning, lazy init)
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile_mode {self.compile_mode!r} already uses CUDA graphs; "
+                             "set cuda_graph=False or pick 'default' / 'max-autotune-no-cudagraphs'")
+
+    def label(self) -> str:
+        parts = ["sdpa"]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.compile_mode:
+            parts.append(f"compile[{self.compile_mode}]")
+        if self.cuda_graph:
+            parts.append("cuda_graph")
+        return "+".join(parts)
+
+
+def latent_shape(config, batch: int) -> tuple:
+    """Shape of the VAE latent of `batch` faces at the restorer's native resolution."""
+    vae = config.vae
+    factor = 2 ** (len(vae.get("block_out_channels", (64,))) - 1)
+    side = config.resolution // factor
+    return (batch, int(vae.get("latent_channels", 4)), side, side)
+
+
+def restore_core(restorer, x: torch.Tensor, sample_noise: Optional[torch.Tensor],
+                 time_noise: Optional[torch.Tensor], context: torch.Tensor,
+                 timestep: torch.Tensor) -> torch.Tensor:
+    """The network part of OneStepRestorer.forward with its random numbers given as inputs.
+
+    x in [-1, 1]; returns the decoded image before clamping. Reference K/V (if any) must be
+    installed by the caller (``restorer._injecting``). Mirrors forward() step by step; the
+    tests check that the two agree exactly.
+    """
+    cfg = restorer.config
+    dist, skips = vae_io.encode(restorer.vae, x, keep_skips=cfg.vae_skip_convs)
+    z = dist.mode() if sample_noise is None else dist.mean + dist.std * sample_noise
+    z = z * restorer.scaling_factor
+    alpha = restorer.alphas_cumprod[cfg.timestep]
+    z_t = z if time_noise is None else add_noise(z, time_noise, alpha)
+    eps = restorer.unet(z_t, timestep, encoder_hidden_states=context).sample
+    x0 = predict_x0(z_t, eps, alpha, cfg.x0_in_float64)
+    return vae_io.decode(restorer.vae, x0 / restorer.scaling_factor, skips, cfg.skip_gamma)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_core(mode: str) -> Callable:
+    """One torch.compile wrapper per mode, shared so that variants reuse compiled code."""
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(restore_core, mode=mode, dynamic=False)
+    return _COMPILED[mode]
+
+
+class _CapturedCore:
+    """A CUDA graph of the core for one input signature, with static input buffers."""
+
+    def __init__(self, fn: Callable, restorer, inputs: dict, refs: Optional[ReferenceKV],
+                 warmup_runs: int):
+        self.restorer = restorer
+        self.inputs = {k: (None if v is None else v.clone()) for k, v in inputs.items()}
+        self.refs = None
+        if refs is not None:
+            self.refs = ReferenceKV(list(refs.layers), [k.clone() for k in refs.keys],
+                                    [v.clone() for v in refs.values], None)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(1, warmup_runs)):
+                self._run(fn)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = self._run(fn)
+
+    def _run(self, fn: Callable) -> torch.Tensor:
+        with self.restorer._injecting(self.refs):
+            return fn(self.restorer, **self.inputs)
+
+    def replay(self, inputs: dict, refs: Optional[ReferenceKV]) -> torch.Tensor:
+        for name, value in inputs.items():
+            if value is not None:
+                self.inputs[name].copy_(value)
+        if refs is not None:
+            for dst, src in zip(self.refs.keys + self.refs.values, refs.keys + refs.values):
+                dst.copy_(src)
+        self.graph.replay()
+        return self.output
+
+
+def _signature(inputs: dict, refs: Optional[ReferenceKV]) -> tuple:
+    sig = tuple((k, None if v is None else (tuple(v.shape), v.dtype, v.stride()))
+                for k, v in sorted(inputs.items()))
+    if refs is not None:
+        sig += (tuple(refs.layers), tuple((tuple(k.shape), k.dtype) for k in refs.keys))
+    return sig
+
+
+class FastRestorer:
+    """Drop-in for calling a OneStepRestorer: same arguments, same output, faster on CUDA."""
+
+    def __init__(self, restorer, speed: Optional[SpeedConfig] = None):
+        self.restorer = restorer
+        self.speed = speed or SpeedConfig()
+        self._graphs: dict = {}
+        self._timestep: Optional[torch.Tensor] = None
+        if self.speed.cuda_graph and restorer.device.type != "cuda":
+            raise ValueError("cuda_graph needs the restorer on a CUDA device")
+        if self.speed.cudnn_benchmark and restorer.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.speed.channels_last:
+            restorer.to(memory_format=torch.channels_last)
+        self._core = compiled_core(self.speed.compile_mode) if self.speed.compile_mode else restore_core
+
+    # delegation, so callers can use a FastRestorer wherever they used the restorer
+    @property
+    def config(self):
+        return self.restorer.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.restorer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.restorer.dtype
+
+    def encode_references(self, *args, **kwargs) -> ReferenceKV:
+        return self.restorer.encode_references(*args, **kwargs)
+
+    def resolve_mode(self, mode: str, refs: Optional[ReferenceKV]) -> tuple:
+        return self.restorer.resolve_mode(mode, refs)
+
+    def weight_hash(self) -> str:
+        return self.restorer.weight_hash()
+
+    def _timestep_tensor(self) -> torch.Tensor:
+        t = self._timestep
+        if t is None or t.device != self.device:
+            # int64 [1], exactly what diffusers builds from a Python int
+            t = torch.tensor([self.config.timestep], dtype=torch.int64, device=self.device)
+            self._timestep = t
+        return t
+
+    def prepare(self, lq: torch.Tensor, use_vp: bool, generator=None) -> dict:
+        """Core inputs for a batch, drawing random numbers exactly like forward() does."""
+        r, cfg = self.restorer, self.config
+        x = lq.to(r.device, r.dtype) * 2 - 1
+        if self.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        shape = latent_shape(cfg, x.shape[0])
+        sample_noise = time_noise = None
+        if cfg.latent_sample == "sample":
+            sample_noise = randn_tensor(shape, generator=generator, device=r.device, dtype=r.dtype)
+        if cfg.add_noise:
+            time_noise = randn_tensor(shape, generator=generator, device=r.device, dtype=r.dtype)
+        return dict(x=x, sample_noise=sample_noise, time_noise=time_noise,
+                    context=r.prompt(x, use_vp).contiguous(), timestep=self._timestep_tensor())
+
+    @torch.no_grad()
+    def __call__(self, lq: torch.Tensor, refs: Optional[ReferenceKV] = None, mode: str = "auto",
+                 generator=None) -> torch.Tensor:
+        r = self.restorer
+        use_refs, use_vp = r.resolve_mode(mode, refs)
+        refs = refs if use_refs else None
+        if refs is not None and refs.keys[0].device != r.device:
+            refs = refs.to(r.device)
+        inputs = self.prepare(lq, use_vp, generator)
+        if self.speed.cuda_graph and (refs is None or refs.mask is None or bool(refs.mask.all())):
+            if refs is not None and refs.mask is not None:
+                refs = ReferenceKV(list(refs.layers), refs.keys, refs.values, None)
+            key = _signature(inputs, refs)
+            captured = self._graphs.get(key)
+            if captured is None:
+                captured = _CapturedCore(self._core, r, inputs, refs, self.speed.warmup_runs)
+                self._graphs[key] = captured
+            img = captured.replay(inputs, refs)
+        else:
+            with r._injecting(refs):
+                img = self._core(r, **inputs)
+        return ((img.clamp(-1, 1) + 1) / 2).to(lq.dtype)
+
+    def release_graphs(self) -> None:
+        """Free the captured graphs and their buffers (e.g. after the batch size changes)."""
+        self._graphs.clear()
