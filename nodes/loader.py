@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..restorer_core.errors import ModelNotFoundError
-from ..restorer_core.loaders.download import resolve_weights
-from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer, model_kind
+from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer
 from ..restorer_core.pipeline import FaceRestorePipeline
 from . import comfy_bridge as cb
 from .ops import log
@@ -96,21 +94,19 @@ class LoadFaceRestorer:
         }
 
     def load(self, model_name: str, base_model: str, device: str, precision: str, allow_download: bool):
-        folder = Path(cb.restorer_dir())
         if model_name == DEFAULT_CHOICE:
             spec = None
             if not DEFAULT_MODEL_PATH.is_file():
                 raise ModelNotFoundError(missing_default_message(allow_download))
         elif model_name in OFFICIAL:
-            spec = str(resolve_weights(OFFICIAL[model_name], folder, bool(allow_download)))
+            spec = OFFICIAL[model_name]  # restorer_core finds (or fetches) it in the models folder
         else:
             spec = cb.model_path(cb.RESTORER_FOLDER, model_name)
         base = resolve_base(base_model)
-        if base is None and model_kind(spec) == "osdface":
-            base = str(resolve_weights("sd21-base", folder, bool(allow_download)))
         dev, dtype = cb.choose_device_dtype(device, precision)
         # Load on the CPU in fp32 and cast: the memory manager moves it to `dev` when needed.
-        restorer = load_any_restorer(spec, base, device="cpu", dtype=torch.float32)
+        restorer = load_any_restorer(spec, base, device="cpu", dtype=torch.float32,
+                                     models_dir=cb.restorer_dir(), allow_download=bool(allow_download))
         if dtype != torch.float32:
             restorer = restorer.to(dtype)
         pipeline = FaceRestorePipeline(restorer, identity=try_identity())
