@@ -112,7 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(REPO)}")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     rows, source = run(a.warmup, a.iters)
     md = markdown(rows, source)
     print(md)

@@ -32,6 +32,15 @@ FREEU = (0.9, 0.2, 1.4, 1.6)
 ATOL = 2e-5  # images in 0..1, float32: the two computations differ only in summation order
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny ops on a shared 2-core machine: one intra-op thread is ~50x faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------- configs
 def tiny_config(method: str = "instantrestore", **overrides) -> RestorerConfig:
     """A restorer small enough for the CPU that keeps every structural feature."""
@@ -161,8 +170,7 @@ class PlainAttention:
                     keys.append(ref_k[bi, r])
                     vals.append(rv)
             kk, vv = torch.cat(keys, 0), torch.cat(vals, 0)
-            n, c = q.shape[1], q.shape[2]
-            d = c // heads
+            d = q.shape[2] // heads
             per_head = []
             for h in range(heads):
                 qh, kh, vh = q[b, :, h * d:(h + 1) * d], kk[:, h * d:(h + 1) * d], vv[:, h * d:(h + 1) * d]
