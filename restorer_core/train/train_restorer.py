@@ -37,7 +37,7 @@ class LossWeights:
     l1: float = 1.0
     ssim: float = 0.5
     identity: float = 0.2
-    landmark: float = 0.02
+    landmark: float = 0.1
     vq: float = 0.25
 
 
@@ -63,6 +63,14 @@ class TrainConfig:
     resolution: int = 128
     log_every: int = 50
     weights: LossWeights = field(default_factory=LossWeights)
+
+
+def _worker_init(_: int) -> None:
+    """One thread per data worker: OpenCV/torch pools in every worker oversubscribe the CPUs."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -111,16 +119,21 @@ class TrainStep(nn.Module):
             out = m(lq, refs, mode=mode, context=context)
         finally:
             m._ctx.probe = None
-        losses = {"l1": F.l1_loss(out, hq), "ssim": ssim_loss(out.float(), hq.float()), "vq": vq_loss}
-        if self.identity is not None and w.identity > 0:
-            with torch.no_grad():
-                e_t = self.identity(hq)
-            e_p = self.identity(out)
-            losses["identity"] = (1 - (e_p * e_t).sum(-1)).mean()
-        if queries:
-            losses["landmark"] = landmark_attention_loss(
-                queries, keys, batch["landmarks"], batch["ref_landmarks"], batch["ref_mask"], hq.shape[-1])
-        total = sum(getattr(w, k) * v.float() for k, v in losses.items())
+        # Losses in float32 outside autocast: SSIM's variance terms (E[x^2] - E[x]^2) and the
+        # attention log-masses lose everything to cancellation in bf16 (seen: NaN at step 2).
+        with torch.autocast(out.device.type, enabled=False):
+            out, hq = out.float(), hq.float()
+            losses = {"l1": F.l1_loss(out, hq), "ssim": ssim_loss(out, hq), "vq": vq_loss.float()}
+            if self.identity is not None and w.identity > 0:
+                with torch.no_grad():
+                    e_t = self.identity(hq)
+                e_p = self.identity(out)
+                losses["identity"] = (1 - (e_p * e_t).sum(-1)).mean()
+            if queries:
+                losses["landmark"] = landmark_attention_loss(
+                    [q.float() for q in queries], [k.float() for k in keys], batch["landmarks"],
+                    batch["ref_landmarks"], batch["ref_mask"], hq.shape[-1])
+            total = sum(getattr(w, k) * v for k, v in losses.items())
         losses["total"] = total
         return losses
 
@@ -212,7 +225,8 @@ def train(cfg: TrainConfig) -> dict:
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**8, generator=g)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.num_workers > 0)
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=_worker_init)
 
     log_path = out_dir / "train_log.jsonl"
     t_start = time.time()
