@@ -1,5 +1,11 @@
 """ComfyUI entry point: registers this pack's nodes. Everything else lives in nodes/ and restorer_core/."""
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+import importlib.util
+
+if importlib.util.find_spec("comfy") is None:
+    # Imported outside ComfyUI (e.g. pytest collecting this folder as a package): register nothing.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+else:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

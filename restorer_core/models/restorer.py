@@ -57,8 +57,8 @@ class OneStepRestorer(nn.Module):
             self.vre = VisualPromptEmbedder(**config.vre)
         self.prompt_embeds = nn.Parameter(
             torch.zeros(1, config.prompt_tokens, config.cross_attention_dim), requires_grad=False)
-        self.register_buffer("alphas_cumprod", alphas_cumprod(
-            config.num_train_timesteps, config.beta_start, config.beta_end), persistent=False)
+        # Not a buffer: .half()/.to(bf16) must never round the schedule (bf16 makes alpha_bar[1] == 1).
+        self._alphas = alphas_cumprod(config.num_train_timesteps, config.beta_start, config.beta_end)
 
         self._ctx = ReferenceContext(train_input=config.train_input, use_adain=config.use_adain)
         self.reference_sites = install_processors(self.unet, self._ctx)
@@ -77,6 +77,11 @@ class OneStepRestorer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.prompt_embeds.dtype
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The DDPM cumulative alphas, float32 on the CPU whatever the module's dtype/device."""
+        return self._alphas
 
     @property
     def scaling_factor(self) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -12,10 +14,14 @@ def alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def add_noise(z: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Forward-diffuse clean latents z to the timestep whose cumulative alpha is alpha_bar."""
-    a = alpha_bar.to(device=z.device, dtype=z.dtype)
-    return a.sqrt() * z + (1 - a).sqrt() * noise
+def add_noise(z: torch.Tensor, noise: torch.Tensor, alpha_bar) -> torch.Tensor:
+    """Forward-diffuse clean latents z to the timestep whose cumulative alpha is alpha_bar.
+
+    The schedule value stays a float32/64 scalar and the sum is formed in float32 whatever the
+    latents' dtype: in bf16, alpha_bar[1] would round to exactly 1.0 (no noise at all).
+    """
+    a = float(alpha_bar)
+    return (math.sqrt(a) * z.float() + math.sqrt(1.0 - a) * noise.float()).to(z.dtype)
 
 
 def predict_x0(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
@@ -26,8 +32,7 @@ def predict_x0(z_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
     schedule with clip_sample off (SD-Turbo's and SD 2.1's scheduler configs).
     """
     out_dtype = z_t.dtype
-    if in_float64:
-        z_t, eps = z_t.double(), eps.double()
-    a = alpha_bar.to(device=z_t.device, dtype=z_t.dtype)
-    x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+    work = torch.float64 if in_float64 else torch.float32
+    a = float(alpha_bar)
+    x0 = (z_t.to(work) - math.sqrt(1.0 - a) * eps.to(work)) / math.sqrt(a)
     return x0.to(out_dtype)
