@@ -107,3 +107,21 @@ def test_kernels_are_normalised_and_shaped():
     c = line.shape[0] // 2
     assert math.isclose(float(line.sum()), 1.0, rel_tol=1e-5)
     assert line[c, :].sum() > 0.5 and line[:, c].sum() < 0.5
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_degrade_fixed_small_image_is_the_one_that_gets_upscaled(dtype):
+    import cv2
+
+    img = _face_like(128, 5)
+    if dtype == np.float32:
+        img = img.astype(np.float32) / 255.0
+    for scale, seed in ((4, 3), (8, 11)):
+        full = degrade_fixed(img, scale, seed)
+        small = degrade_fixed(img, scale, seed, upscale=False)
+        assert small.shape == (128 // scale, 128 // scale, 3) and small.dtype == img.dtype
+        as_float = small.astype(np.float32) / 255.0 if dtype == np.uint8 else small
+        up = np.clip(cv2.resize(as_float, (128, 128), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+        if dtype == np.uint8:
+            up = np.round(up * 255.0).astype(np.uint8)
+        assert np.array_equal(up, full)

@@ -237,9 +237,15 @@ def degrade(img: np.ndarray, rng: np.random.Generator, cfg: DegradationConfig = 
     return degrade_with_info(img, rng, cfg)[0]
 
 
-def degrade_fixed(img: np.ndarray, scale: float, seed: int) -> np.ndarray:
+def degrade_fixed(img: np.ndarray, scale: float, seed: int, upscale: bool = True) -> np.ndarray:
     """Validation degradation at a fixed ``scale`` (e.g. 4 or 8): moderate blur, area downsampling,
-    light Gaussian noise and JPEG 60..85, canonical order, everything else drawn from ``seed``."""
+    light Gaussian noise and JPEG 60..85, canonical order, everything else drawn from ``seed``.
+
+    ``upscale=False`` returns the small degraded image (size / scale, same dtype) instead of its
+    bicubic resize back, so benchmarks can upsample the very same image another way. It is the
+    JPEG-decoded image, so uint8 output is lossless: resizing it (as float 0..1) with
+    cv2.INTER_CUBIC and rounding reproduces the default output exactly.
+    """
     rng = np.random.default_rng(int(seed))
     x, as_uint8 = _to_float(img)
     h, w = x.shape[:2]
@@ -250,5 +256,6 @@ def degrade_fixed(img: np.ndarray, scale: float, seed: int) -> np.ndarray:
     x = _apply_downsample(x, float(scale), "area", info)
     x = np.clip(_apply_gaussian_noise(x, rng, rng.uniform(2.0, 8.0), False, info), 0.0, 1.0)
     x = _apply_jpeg(x, int(rng.integers(60, 86)), info)
-    x = cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
+    if upscale:
+        x = cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
     return _from_float(x, as_uint8)
