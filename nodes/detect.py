@@ -22,7 +22,7 @@ def detector_inputs() -> dict:
                            {"default": ops.DEFAULT_DETECTOR_MODEL,
                             "tooltip": f"Detector weights from models/{cb.DETECTOR_FOLDER} (default: the "
                                        "detector's own; SCRFD needs one)."}),
-        "threshold": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 0.99, "step": 0.01,
+        "threshold": ("FLOAT", {"default": 0.7, "min": 0.05, "max": 0.99, "step": 0.01,
                       "tooltip": "Minimum detector confidence."}),
     }
 

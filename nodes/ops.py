@@ -76,7 +76,7 @@ def detector_model_path(detector: str, model_name: str) -> Optional[str]:
     return cb.model_path(cb.DETECTOR_FOLDER, model_name)
 
 
-def get_detector(name: str, model_name: str = DEFAULT_DETECTOR_MODEL, threshold: float = 0.6) -> Any:
+def get_detector(name: str, model_name: str = DEFAULT_DETECTOR_MODEL, threshold: float = 0.7) -> Any:
     """A detector from restorer_core (kept between runs: ONNX sessions are slow to create)."""
     if name not in DETECTORS:
         raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}.")

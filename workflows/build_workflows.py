@@ -98,7 +98,7 @@ class Node:
 
 RESTORER = {"model_name": "default (embedded)", "base_model": "none", "device": "auto", "precision": "auto",
             "allow_download": False}
-DETECT = {"detector": "yunet", "detector_model": "default", "threshold": 0.6}
+DETECT = {"detector": "yunet", "detector_model": "default", "threshold": 0.7}
 SELECT_ALL = {"selection": "all", "max_faces": 0, "face_indices": "0", "min_face_size": 0,
               "similarity_threshold": 0.4}
 RESTORE = {"mode": "auto", "max_refs": 4, "strength": 1.0, "seed": 0, "control_after_generate": "fixed",

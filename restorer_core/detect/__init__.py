@@ -35,17 +35,27 @@ __all__ = [
 ]
 
 
+# Score scales differ per backend: YuNet scores a stair-post knob in a GFPGAN demo photo 0.69,
+# while SCRFD-500M scores real but small faces about 0.65 (insightface's own default is 0.5).
+DEFAULT_THRESHOLDS = {"yunet": 0.7, "scrfd": 0.5, "facexlib": 0.6}
+
+
 def create_detector(
     name: str = "yunet",
     model_path: Optional[Union[str, Path]] = None,
-    score_threshold: float = 0.6,
+    score_threshold: Optional[float] = None,
     nms: float = 0.3,
     max_side: int = 1600,
 ) -> FaceDetector:
-    """Build a detector by backend name; model_path overrides the backend's default weights."""
+    """Build a detector by backend name; model_path overrides the backend's default weights.
+
+    score_threshold None takes the backend's default (DEFAULT_THRESHOLDS).
+    """
+    key = name.strip().lower()
+    if score_threshold is None:
+        score_threshold = DEFAULT_THRESHOLDS.get(key, 0.6)
     config = DetectorConfig(score_threshold=score_threshold, nms_threshold=nms, max_side=max_side)
     path = Path(model_path) if model_path not in (None, "") else None
-    key = name.strip().lower()
     if key == "yunet":
         from .yunet import YuNetDetector
 
