@@ -109,7 +109,9 @@ class LoadFaceRestorer:
                                      models_dir=cb.restorer_dir(), allow_download=bool(allow_download))
         if dtype != torch.float32:
             restorer = restorer.to(dtype)
-        pipeline = FaceRestorePipeline(restorer, identity=try_identity())
+        # Eager (cached reference K/V, SDPA, fused LoRA): CUDA graphs would pin buffers that
+        # ComfyUI's memory manager frees when it offloads this model.
+        pipeline = FaceRestorePipeline(restorer, identity=try_identity(), speed="eager")
         handle = FaceRestorerHandle(name=model_name, pipeline=pipeline, patcher=cb.make_patcher(restorer, dev),
                                     load_device=dev, dtype=dtype)
         log(f"loaded {handle.describe()}")

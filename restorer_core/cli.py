@@ -367,7 +367,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     identity = None
     if bank is not None:  # similarity is measured against the bank's person
         identity = _identity_or_note(report, selection.mode == "similar", device)
-    pipeline = FaceRestorePipeline(restorer, identity=identity)
+    pipeline = FaceRestorePipeline(restorer, identity=identity, speed=args.speed)
     pipeline.add_detector(options, detector)
     try:
         pipeline.uses_references(bank, options)
@@ -503,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     r.add_argument("--batch-size", type=int, default=8, help="faces per network pass (default 8)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--speed", choices=["auto", "eager", "graph", "compile"], default="auto",
+                   help="GPU speed-ups (same output): auto = CUDA graphs on CUDA, eager on CPU; "
+                        "compile adds torch.compile (about a minute of compiling per batch shape)")
     r.add_argument("--max-refs", type=int, default=4, help="reference faces used (default 4)")
     r.add_argument("--color-fix", default="wavelet", choices=("wavelet", "meanstd", "none"))
     r.add_argument("--mask", default="landmarks", choices=("landmarks", "ellipse", "box"))

@@ -219,3 +219,29 @@ def test_similarity_selection_uses_the_identity_embedder(restorer, bank, group_p
     # without an embedder, "similar" says what is missing
     with pytest.raises(ValueError, match="identity embedder"):
         FaceRestorePipeline(restorer).restore_image(group_photo, bank, keep_all)
+
+
+def test_speed_runner_choice_and_same_output(tmp_path):
+    """make_runner: eager on CPU for "auto"; a FastRestorer (any speed) restores exactly the same."""
+    import torch
+
+    from restorer_core.models.config import small_default_config
+    from restorer_core.models.fast import FastRestorer, SpeedConfig
+    from restorer_core.models.restorer import OneStepRestorer
+    from restorer_core.pipeline import make_runner
+
+    cfg = small_default_config(64)
+    torch.manual_seed(0)
+    model = OneStepRestorer(cfg).eval()
+    assert make_runner(model, "auto") is model
+    assert make_runner(model, "eager") is model
+    fast = make_runner(model, SpeedConfig(channels_last=True))
+    assert isinstance(fast, FastRestorer)
+    with pytest.raises(ValueError, match="speed must be"):
+        make_runner(model, "turbo")
+    x = torch.rand(2, 3, 64, 64)
+    refs = model.encode_references(torch.rand(2, 3, 64, 64))
+    with torch.inference_mode():
+        a = model(x, refs, "both", generator=torch.Generator().manual_seed(3))
+        b = fast(x, refs, "both", generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(a, b, atol=1e-5)
