@@ -328,8 +328,23 @@ def _identity_or_note(report: Any, needed: bool, device: Any) -> Any:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore; under torchrun one process per GPU, each on a shard (see restorer_core.distributed)."""
+    from . import distributed
+
+    try:
+        ctx = distributed.context_from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        return _restore_command(args, ctx)
+    finally:
+        distributed.stop(ctx)
+
+
+def _restore_command(args: argparse.Namespace, ctx: Any) -> int:
+    from . import distributed
     from .bank import open_bank
-    from .errors import BankError, CancelledError, CheckpointError, DetectorError
+    from .errors import BankError, CancelledError, CheckpointError, DetectorError, RestorerError
     from .model_zoo import describe_model, load_any_restorer, pick_device_dtype
     from .paste import PasteConfig
     from .pipeline import FaceRestorePipeline, RestoreOptions
@@ -349,9 +364,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
                                  detector=args.detector, detector_model=args.detector_model,
                                  crop_size=args.crop_size, cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache)
-        device, dtype = pick_device_dtype(args.device, args.dtype)
+        device, dtype = pick_device_dtype(distributed.rank_device(args.device, ctx), args.dtype)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    # torchrun: join the job and keep this rank's shard (whole chunks; see distributed.py)
+    images_per_chunk = max(1, args.batch_size)
+    all_inputs = inputs
+    if ctx.enabled:
+        distributed.start(ctx, device)
+        inputs = [all_inputs[i] for i in distributed.shard_indices(all_inputs, ctx.rank, ctx.world_size,
+                                                                     images_per_chunk)]
 
     report = RunReport(command="restore")
     report.settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
@@ -378,6 +400,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     report.model = describe_model(restorer)
     if bank is not None:
         report.bank = bank.summary()
+    if ctx.enabled and pipeline.uses_references(bank, options):
+        with distributed.main_first(ctx):  # rank 0 computes and caches the K/V; the others read the cache
+            try:
+                pipeline.reference_kv(bank, options)
+            except (RestorerError, RuntimeError, ValueError):
+                pass  # run_restore meets the same error and records it per image, as in one process
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = Path(args.report) if args.report else None
@@ -385,20 +413,32 @@ def cmd_restore(args: argparse.Namespace) -> int:
         report_path = free_path(out_dir, "restore_report", ".json")
     elif report_path.exists():
         report_path = free_path(report_path.parent, report_path.stem, report_path.suffix or ".json")
-    settings = RunSettings(out_dir, args.format, args.save_faces, report_path,
-                           images_per_chunk=max(1, args.batch_size), show_progress=not args.quiet)
+    settings = RunSettings(out_dir, args.format, args.save_faces, None if ctx.enabled else report_path,
+                           images_per_chunk=images_per_chunk, show_progress=not args.quiet and ctx.is_main)
     try:
         run_restore(inputs, pipeline, bank, options, settings, report)
     except (CancelledError, KeyboardInterrupt):
+        if ctx.enabled:  # no merge while the job is going down: each rank writes its own part
+            from .report import write_report
+
+            report_path = write_report(report, distributed.rank_report_path(report_path, ctx))
         print(f"cancelled; report: {report_path}", file=sys.stderr)
         return EXIT_CANCELLED
-    totals = report.totals()
-    print(f"{totals['images']} image(s): {totals['images_restored']} restored, "
-          f"{totals['images_unchanged']} unchanged (no face selected), {totals['images_failed']} failed; "
-          f"{totals['faces_restored']} face(s) restored. Report: {report_path}", file=sys.stderr)
-    for im in report.images:
-        if im.status == "failed":
-            print(f"  failed: {im.input}: {im.error}", file=sys.stderr)
+    if ctx.enabled:  # torchrun: every rank gets the merged report; rank 0 writes it
+        report = distributed.gather_reports(ctx, report, all_inputs)
+        if ctx.is_main:
+            from .report import write_report
+
+            write_report(report, report_path)
+    if ctx.is_main:
+        totals = report.totals()
+        print(f"{totals['images']} image(s): {totals['images_restored']} restored, "
+              f"{totals['images_unchanged']} unchanged (no face selected), {totals['images_failed']} failed; "
+              f"{totals['faces_restored']} face(s) restored. Report: {report_path}", file=sys.stderr)
+        for im in report.images:
+            if im.status == "failed":
+                print(f"  failed: {im.input}: {im.error}", file=sys.stderr)
+    distributed.barrier(ctx)  # a rank exiting 1 makes torchrun stop the rest: rank 0 writes first
     return EXIT_FAILED if report.status == "failed" else EXIT_OK
 
 
