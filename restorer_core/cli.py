@@ -362,7 +362,8 @@ def _restore_command(args: argparse.Namespace, ctx: Any) -> int:
         options = RestoreOptions(mode=args.mode, max_refs=args.max_refs, batch_size=args.batch_size,
                                  seed=args.seed, strength=args.strength, paste=paste, selection=selection,
                                  detector=args.detector, detector_model=args.detector_model,
-                                 crop_size=args.crop_size, cache_dir=args.cache_dir,
+                                 crop_size=args.crop_size, detail_transfer=getattr(args, "detail_transfer", True),
+                                 cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache)
         device, dtype = pick_device_dtype(distributed.rank_device(args.device, ctx), args.dtype)
     except ValueError as exc:
@@ -552,7 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feather", type=float, default=24.0, help="mask softening, px of a 512 crop")
     r.add_argument("--erosion", type=float, default=8.0, help="mask shrink, px of a 512 crop")
     r.add_argument("--strength", type=float, default=1.0, help="0 keeps the input face, 1 the restored one")
-    r.add_argument("--crop-size", type=int, default=None, help="aligned crop size (default: the model's)")
+    r.add_argument("--crop-size", type=int, default=None,
+                   help="aligned crop size (default: max(model resolution, 512))")
+    r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",
+                   help="do not keep the input's detail finer than the model's resolution")
     r.add_argument("--format", default="keep", choices=OUTPUT_FORMATS,
                    help="output format (keep: the input's, PNG when it cannot hold 16 bits or alpha)")
     r.add_argument("--save-faces", action="store_true", help="also write each face crop before/after")

@@ -34,7 +34,8 @@ class RestoreOptions:
     mode: the restorer's conditioning ("auto" | "references" | "visual_prompt" | "both" |
     "none"). max_refs: references used from the bank. strength: 0 keeps the input face, 1 the
     restored one (blended in crop space, before colour fix and paste). crop_size: the aligned
-    crop faces are cut at (None: the restorer's resolution). cache_dir / use_cache: where the
+    crop faces are cut at (None: max(restorer resolution, 512)). detail_transfer: keep the input's
+    detail finer than the restorer's resolution (see transfer_detail). cache_dir / use_cache: where the
     bank's reference keys/values are cached (None: next to the bank file).
     """
 
@@ -48,6 +49,7 @@ class RestoreOptions:
     detector: str = "yunet"
     detector_model: Optional[str] = None
     crop_size: Optional[int] = None
+    detail_transfer: bool = True
     cache_dir: Optional[str] = None
     use_cache: bool = True
 
@@ -80,6 +82,20 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
         return image
     interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC
     return np.clip(cv2.resize(image, (size, size), interpolation=interp), 0.0, 1.0)
+
+
+def transfer_detail(restored: np.ndarray, crop: np.ndarray, resolution: int) -> np.ndarray:
+    """Add back the input crop's detail finer than the restorer's native resolution.
+
+    A restorer that works at `resolution` px cannot represent anything finer, so a face cut at a
+    larger crop size would come back blurred. The band above the restorer's Nyquist is taken from
+    the input (crop - up(down(crop))); for faces no larger than `resolution` that band is empty and
+    nothing changes. An identity restorer thus gives back the input crop exactly.
+    """
+    crop = np.asarray(crop, dtype=np.float32)
+    size = crop.shape[0]
+    fine = crop - resize_square(resize_square(crop, resolution), size)
+    return np.clip(restored + fine, 0.0, 1.0)
 
 
 def _rgb_float(pixels: np.ndarray) -> np.ndarray:
@@ -163,7 +179,8 @@ class FaceRestorePipeline:
         return self._detectors[key]
 
     def crop_size(self, options: RestoreOptions) -> int:
-        return int(options.crop_size or self.resolution)
+        """Faces are cut at >= 512 px so that paste-back (and detail transfer) keep large faces sharp."""
+        return int(options.crop_size or max(self.resolution, 512))
 
     def uses_references(self, bank: Any, options: RestoreOptions) -> bool:
         if options.mode in ("references", "both") and bank is None:
@@ -255,6 +272,8 @@ class FaceRestorePipeline:
             share = (time.perf_counter() - t0) / len(chunk)
             for face, restored in zip(chunk, y):
                 restored = resize_square(restored, face.crop_size)
+                if options.detail_transfer and face.crop_size > res:
+                    restored = transfer_detail(restored, face.crop, res)
                 if options.strength < 1.0:
                     crop = face.crop.astype(np.float32)
                     restored = crop + np.float32(options.strength) * (restored - crop)
