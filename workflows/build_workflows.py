@@ -130,7 +130,7 @@ def workflow_1() -> list[Node]:
              title="reference photo"),
         Node(8, "ImageCrop", ADULT_HALF, {"image": (7, 0)}, pos=(380, 560), title="crop to one face"),
         Node(9, "OneStepReferenceBankFromImages", BANK, {"images": (8, 0)}, pos=(760, 560)),
-        Node(10, "OneStepLoadFaceRestorer", RESTORER, pos=(760, 320)),
+        Node(10, "OneStepLoadFaceRestorer", RESTORER, pos=(760, 320), size=(320, 160)),
         Node(11, "OneStepRestoreFaces", {**RESTORE, **DETECT, **SELECT_ALL, **PASTE},
              {"image": (6, 0), "restorer": (10, 0), "reference_bank": (9, 0)}, pos=(1180, 120), size=(340, 560)),
         Node(12, "SaveImage", {"filename_prefix": "onestep_txt2img"}, {"images": (11, 0)}, pos=(1560, 0),
@@ -147,7 +147,7 @@ def workflow_2() -> list[Node]:
     """Old photo, no references: the visual prompt alone, with the split nodes."""
     return [
         Node(1, "LoadImage", {"image": "old_photo_family.jpg", "upload": "image"}, pos=(0, 0), size=(320, 380)),
-        Node(2, "OneStepLoadFaceRestorer", RESTORER, pos=(0, 420)),
+        Node(2, "OneStepLoadFaceRestorer", RESTORER, pos=(0, 420), size=(320, 160)),
         Node(3, "OneStepDetectFaces", {**DETECT, **SELECT_ALL, "min_face_size": 32, "track_faces": True,
                                        "crop_size": 512}, {"image": (1, 0)}, pos=(380, 0), size=(320, 330)),
         Node(4, "OneStepRestore", {**RESTORE, "mode": "visual_prompt"},
@@ -159,7 +159,7 @@ def workflow_2() -> list[Node]:
         Node(8, "PreviewAny", {}, {"source": (3, 3)}, pos=(380, 380), title="detected faces"),
         Node(9, "Note", {"text": "An old photo without reference photos: the restorer uses its visual prompt "
                                  "(mode visual_prompt). min_face_size 32 skips tiny false detections. " + INPUTS_NOTE},
-             pos=(0, 560), size=(320, 160)),
+             pos=(0, 620), size=(320, 160)),
     ]
 
 
@@ -171,7 +171,7 @@ def workflow_3() -> list[Node]:
         Node(3, "ImageCrop", CHILD_HALF, {"image": (1, 0)}, pos=(380, 200), title="another image: child"),
         Node(4, "OneStepReferenceBankFromImages", BANK, {"images": (2, 0)}, pos=(760, 0)),
         Node(5, "ImageBatch", {}, {"image1": (1, 0), "image2": (3, 0)}, pos=(760, 200), size=(210, 46)),
-        Node(6, "OneStepLoadFaceRestorer", RESTORER, pos=(760, 320)),
+        Node(6, "OneStepLoadFaceRestorer", RESTORER, pos=(760, 320), size=(320, 160)),
         Node(7, "OneStepDetectFaces", {**DETECT, **SELECT_ALL, "track_faces": False, "crop_size": 512},
              {"image": (5, 0)}, pos=(1140, 200), size=(320, 330)),
         Node(8, "OneStepRestore", RESTORE, {"restorer": (6, 0), "faces": (7, 0), "reference_bank": (4, 0)},
@@ -197,7 +197,7 @@ def workflow_4() -> list[Node]:
         Node(2, "RepeatImageBatch", {"amount": 4}, {"image": (1, 0)}, pos=(380, 0), title="frames"),
         Node(3, "ImageCrop", ADULT_HALF, {"image": (1, 0)}, pos=(380, 140), title="reference: adult"),
         Node(4, "OneStepReferenceBankFromImages", BANK, {"images": (3, 0)}, pos=(760, 140)),
-        Node(5, "OneStepLoadFaceRestorer", RESTORER, pos=(760, 360)),
+        Node(5, "OneStepLoadFaceRestorer", RESTORER, pos=(760, 360), size=(320, 160)),
         Node(6, "OneStepDetectFaces", {**DETECT, **SELECT_ALL, "selection": "index", "face_indices": "1",
                                        "track_faces": True, "crop_size": 512},
              {"image": (2, 0)}, pos=(760, 560), size=(320, 330)),
