@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import contextlib
+
 import cv2
 import numpy as np
 
@@ -16,6 +18,21 @@ from .base import BaseDetector, DetectorConfig, DetectorModelNotFoundError
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "yunet" / "face_detection_yunet_2023mar.onnx"
 
+
+
+@contextlib.contextmanager
+def _quiet_opencv():
+    """OpenCV 5 warns that its new DNN graph engine ignores the target setting, once per net:
+    harmless noise in a user's console, silenced for the duration of our own calls only."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    previous = logging.getLogLevel() if logging is not None else None
+    if previous is not None:
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            logging.setLogLevel(previous)
 
 class YuNetDetector(BaseDetector):
     """Rows from FaceDetectorYN are [x, y, w, h, 5 x (lx, ly), score]; landmarks are already
@@ -41,9 +58,10 @@ class YuNetDetector(BaseDetector):
             )
         self.model_path = path
         try:
-            self._net = cv2.FaceDetectorYN.create(
-                str(path), "", (320, 320), config.score_threshold, config.nms_threshold, config.top_k
-            )
+            with _quiet_opencv():
+                self._net = cv2.FaceDetectorYN.create(
+                    str(path), "", (320, 320), config.score_threshold, config.nms_threshold, config.top_k
+                )
         except cv2.error as exc:
             raise DetectorError(
                 f"OpenCV could not load YuNet from {path} ({exc}); it needs opencv-python >= 4.8."
@@ -52,7 +70,8 @@ class YuNetDetector(BaseDetector):
     def _detect_raw(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = rgb.shape[:2]
         self._net.setInputSize((w, h))
-        _, rows = self._net.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        with _quiet_opencv():
+            _, rows = self._net.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if rows is None or len(rows) == 0:
             empty = np.zeros((0,), dtype=np.float32)
             return empty.reshape(0, 4), empty, empty.reshape(0, 5, 2)
