@@ -227,7 +227,7 @@ def test_face_selection_by_index(photos, model_file, tmp_path):
     assert saved == ["group_face1_input.png", "group_face1_restored.png"]
     assert sorted(image["saved_faces"]) == [str(out / "faces" / n) for n in saved]
     crop_in, crop_out = _read(out / "faces" / saved[0]), _read(out / "faces" / saved[1])
-    assert crop_in.shape == crop_out.shape == (64, 64, 3) and not np.array_equal(crop_in, crop_out)
+    assert crop_in.shape == crop_out.shape == (512, 512, 3) and not np.array_equal(crop_in, crop_out)
 
 
 # ----------------------------------------------------------------------------- bank commands
