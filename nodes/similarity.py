@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..restorer_core.errors import ModelNotFoundError
-from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, embed_faces, load_identity_embedder
+from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, load_identity_embedder, mean_identity, similarities
 from .ops import log
 from .types import FACES, REF_BANK, FaceSet
 
@@ -41,21 +41,14 @@ def try_identity() -> Optional[Any]:
         return None
 
 
-# The two helpers below mirror FaceRestorePipeline.bank_embedding / .similarity, which need a
-# restorer; nodes without one (Detect Faces, Face Similarity) use these.
 def bank_embedding(identity: Any, bank: Any) -> np.ndarray:
-    emb = embed_faces(identity, bank.crops_hwc()).mean(axis=0)
-    return emb / max(float(np.linalg.norm(emb)), 1e-12)
+    """The bank's identity (unit-length mean embedding of its faces)."""
+    return mean_identity(identity, bank.crops_hwc())
 
 
 def similarity_to_bank(identity: Any, crops: Sequence[np.ndarray], bank: Any) -> list[float]:
-    """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's mean identity."""
-    if not len(crops):
-        return []
-    target = bank_embedding(identity, bank)
-    emb = embed_faces(identity, np.stack([np.asarray(c, np.float32) for c in crops]))
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return [float(v) for v in emb @ target]
+    """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity."""
+    return similarities(identity, crops, bank_embedding(identity, bank)) if len(crops) else []
 
 
 def similarity_fn(bank: Any):

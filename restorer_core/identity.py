@@ -170,6 +170,21 @@ def embed_faces(model: IdentityEmbedder, crops: np.ndarray, batch_size: int = 64
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
+def mean_identity(model: IdentityEmbedder, crops: np.ndarray) -> np.ndarray:
+    """One unit-length identity [D] from several aligned photos of a person (mean embedding)."""
+    emb = embed_faces(model, crops).mean(axis=0)
+    return emb / max(float(np.linalg.norm(emb)), 1e-12)
+
+
+def similarities(model: IdentityEmbedder, crops, identity: np.ndarray) -> list:
+    """Cosine similarity of each aligned crop [S, S, 3] (0..1) to a unit-length identity."""
+    if not len(crops):
+        return []
+    emb = embed_faces(model, np.stack([np.asarray(c, np.float32) for c in crops]))
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return [float(v) for v in emb @ identity]
+
+
 def embedder_metadata(model: IdentityEmbedder, extra: Optional[dict] = None) -> dict[str, str]:
     """safetensors metadata (all strings) describing an embedder file."""
     meta = {"format": EMBEDDER_FORMAT, "config": json.dumps(model.config.to_dict())}

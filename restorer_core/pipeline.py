@@ -207,22 +207,19 @@ class FaceRestorePipeline:
             return None
         key = bank.bank_hash()
         if key not in self._bank_embeddings:
-            from .identity import embed_faces
+            from .identity import mean_identity
 
-            emb = embed_faces(self.identity, bank.crops_hwc()).mean(axis=0)
-            self._bank_embeddings[key] = emb / max(float(np.linalg.norm(emb)), 1e-12)
+            self._bank_embeddings[key] = mean_identity(self.identity, bank.crops_hwc())
         return self._bank_embeddings[key]
 
     def similarity(self, crops: Sequence[np.ndarray], bank: Any) -> Optional[list]:
         """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity, or None."""
         target = self.bank_embedding(bank)
-        if target is None or not len(crops):
-            return None if target is None else []
-        from .identity import embed_faces
+        if target is None:
+            return None
+        from .identity import similarities
 
-        emb = embed_faces(self.identity, np.stack([np.asarray(c, np.float32) for c in crops]))
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return [float(v) for v in emb @ target]
+        return similarities(self.identity, crops, target)
 
     def similarity_fn(self, bank: Any, options: RestoreOptions) -> Optional[Callable]:
         """For selection mode "similar": faces -> similarity to the bank; None for other modes.
