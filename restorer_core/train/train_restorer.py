@@ -65,6 +65,15 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
 
 
+def _all_ranks_agree(stop: bool, world: int, device: torch.device) -> bool:
+    """Stop when any rank's clock says so, on every rank at the same step (else DDP would hang)."""
+    if world == 1:
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _worker_init(_: int) -> None:
     """One thread per data worker: OpenCV/torch pools in every worker oversubscribe the CPUs."""
     import cv2
@@ -277,7 +286,7 @@ def train(cfg: TrainConfig) -> dict:
         if now - last_ckpt > cfg.checkpoint_minutes * 60:
             save_checkpoint()
             last_ckpt = now
-        if now - t_start > cfg.minutes * 60:
+        if _all_ranks_agree(now - t_start > cfg.minutes * 60, world, device):
             break
 
     save_checkpoint()
