@@ -87,3 +87,18 @@ def cv2_blur(img: np.ndarray) -> np.ndarray:
 def make_image():
     """Factory: make_image(h, w, channels=3, dtype=np.uint8, seed=0); channels=0 gives HxW."""
     return synthetic_image
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny random-weight restorer saved in the project format (tests/tiny_models.py)."""
+    import torch
+
+    from restorer_core.loaders.project_format import save_restorer
+    from restorer_core.models.restorer import OneStepRestorer
+    from tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_restorer(path, OneStepRestorer(tiny_config()))
+    return path

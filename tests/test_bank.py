@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import tiny_config
 from restorer_core.bank import (
     BankError,
     build_bank,
@@ -24,14 +25,6 @@ from restorer_core.bank import (
 ALIGN = 96  # small crops keep these tests fast; the restorer resizes them to its resolution
 
 
-def tiny_config():
-    from restorer_core.models.config import small_default_config
-
-    cfg = small_default_config(64)
-    cfg.unet.update(block_out_channels=(32, 32, 64), attention_head_dim=(1, 1, 2), cross_attention_dim=64)
-    cfg.vae.update(block_out_channels=(16, 16, 32), norm_num_groups=8)
-    cfg.vre.update(ch=8, codebook_size=32, codebook_dim=16, out_dim=64)
-    return cfg
 
 
 def make_restorer(seed: int):

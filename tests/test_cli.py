@@ -19,25 +19,6 @@ from restorer_core.errors import CancelledError, CheckpointError, ModelNotFoundE
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config():
-    from restorer_core.models.config import small_default_config
-
-    cfg = small_default_config(64)
-    cfg.unet.update(block_out_channels=(32, 32, 64), attention_head_dim=(1, 1, 2), cross_attention_dim=64)
-    cfg.vae.update(block_out_channels=(16, 16, 32), norm_num_groups=8)
-    cfg.vre.update(ch=8, codebook_size=32, codebook_dim=16, out_dim=64)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    from restorer_core.loaders.project_format import save_restorer
-    from restorer_core.models.restorer import OneStepRestorer
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_restorer(path, OneStepRestorer(tiny_config()))
-    return path
 
 
 @pytest.fixture(scope="module")

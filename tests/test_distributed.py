@@ -128,18 +128,6 @@ def _gloo_problem() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    from restorer_core.loaders.project_format import save_restorer
-    from restorer_core.models.restorer import OneStepRestorer
-    from test_cli import tiny_config
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_restorer(path, OneStepRestorer(tiny_config()))
-    return path
-
-
-@pytest.fixture(scope="module")
 def inputs(real_lq_dir, tmp_path_factory) -> list:
     """Three small real photos (two share the stem Blake_Lively) and a broken file, in an order
     where inputs[rank::2] would split both the shared stem and the batch-size-2 chunks."""

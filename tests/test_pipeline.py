@@ -9,20 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import tiny_config
 from restorer_core.errors import CancelledError
 from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
-
-
-def tiny_config(noisy: bool):
-    from restorer_core.models.config import small_default_config
-
-    cfg = small_default_config(64)
-    cfg.unet.update(block_out_channels=(32, 32, 64), attention_head_dim=(1, 1, 2), cross_attention_dim=64)
-    cfg.vae.update(block_out_channels=(16, 16, 32), norm_num_groups=8)
-    cfg.vre.update(ch=8, codebook_size=32, codebook_dim=16, out_dim=64)
-    if noisy:  # InstantRestore-style randomness: sampled latent, noised to the timestep
-        cfg.add_noise, cfg.latent_sample, cfg.timestep = True, "sample", 249
-    return cfg
 
 
 @pytest.fixture(scope="module")
