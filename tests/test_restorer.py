@@ -688,5 +688,76 @@ def test_speed_config_rejects_conflicts():
         SpeedConfig(cuda_graph=True, compile_mode="reduce-overhead")
     with pytest.raises(ValueError, match="compile_mode"):
         SpeedConfig(compile_mode="fastest")
-    with pytest.raises(ValueError, match="CUDA"):
-        FastRestorer(build(tiny_config("hybrid")), SpeedConfig(cuda_graph=True))
+    with pytest.raises(ValueError, match="need a compile_mode"):
+        SpeedConfig(inductor=(("freezing", True),))
+    # a CUDA graph needs a CUDA device: on the CPU the option is ignored, the output is the same
+    model = build(tiny_config("hybrid"))
+    lq = faces(1, 44)
+    with torch.no_grad():
+        expected = model(lq, None, generator=gen(2))
+    assert torch.equal(FastRestorer(model, SpeedConfig(cuda_graph=True))(lq, None, generator=gen(2)), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("out_channels", [None, 6])
+def test_phase_upsample_is_upsample_then_conv(channels_last, out_channels):
+    """Four 2x2 convs at the low resolution compute nearest-2x + 3x3 conv (float64: to rounding)."""
+    from diffusers.models.upsampling import Upsample2D
+
+    from restorer_core.models.upsample_fusion import PhaseUpsample2D
+
+    torch.manual_seed(5)
+    up = Upsample2D(8, use_conv=True, out_channels=out_channels).double()
+    with torch.no_grad():
+        up.conv.bias.normal_()
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    if channels_last:
+        up, x = up.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    fused = PhaseUpsample2D(up)
+    with torch.no_grad():
+        expected, out = up(x), fused(x)
+        # an explicit odd output size (UNet inputs not divisible by 8) takes the plain path
+        odd, odd_fused = up(x, output_size=(11, 13)), fused(x, output_size=(11, 13))
+    assert out.shape == expected.shape == (2, out_channels or 8, 10, 14)
+    close(out, expected, 1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(odd, odd_fused)
+    assert set(fused.state_dict()) == set(up.state_dict())  # same weights, no new persistent keys
+
+
+def test_fused_upsample_restorer_keeps_output_hash_and_state_dict():
+    from restorer_core.models.fast import FastRestorer, SpeedConfig
+    from restorer_core.models.upsample_fusion import PhaseUpsample2D, fuse_upsample_convs
+
+    model = build(tiny_config("instantrestore"))
+    lq = faces(2, 45)
+    keys, digest = set(model.state_dict()), model.weight_hash()
+    with torch.no_grad():
+        kv = model.encode_references(faces(2, 46), generator=gen(1))
+        expected = model(lq, kv, generator=gen(2))
+    fast = FastRestorer(model, SpeedConfig(fuse_upsample=True))
+    fused = [m for m in model.modules() if isinstance(m, PhaseUpsample2D)]
+    # every up block of both UNets and of the VAE decoder(s)
+    assert len(fused) >= len(model.config.unet["block_out_channels"]) - 1 + len(model.config.vae["block_out_channels"]) - 1
+    assert set(model.state_dict()) == keys and model.weight_hash() == digest
+    close(fast(lq, kv, generator=gen(2)), expected, 1e-5)
+    with torch.no_grad():  # the bank's K/V too (reference UNet up blocks)
+        kv2 = model.encode_references(faces(2, 46), generator=gen(1))
+    for a, b in zip(kv.keys + kv.values, kv2.keys + kv2.values):
+        close(a, b, 1e-5)
+    # changed weights: fusing again refreshes the kernels
+    with torch.no_grad():
+        fused[0].conv.weight.mul_(2)
+    stale = fused[0].phase_weight.clone()
+    assert fuse_upsample_convs(model) == len(fused)
+    close(fused[0].phase_weight, 2 * stale, 1e-6)
+
+
+def test_weights_key_follows_where_the_weights_live():
+    from restorer_core.models.fast import weights_key
+
+    model = build(tiny_config("osdface"))
+    before = weights_key(model)
+    assert weights_key(model) == before
+    model.to(torch.float64).to(torch.float32)  # new storage, as after an offload and reload
+    assert weights_key(model) != before

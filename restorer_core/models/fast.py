@@ -14,7 +14,13 @@
     - ``compile_mode``: ``torch.compile`` of the core ("default", "max-autotune-no-cudagraphs",
       "reduce-overhead", ...),
     - ``cuda_graph``: the core captured once per input shape and replayed (no Python or
-      kernel-launch overhead; static input buffers are refilled each call).
+      kernel-launch overhead; static input buffers are refilled each call). A capture is
+      keyed by the weights' addresses too: a host that moves the model (ComfyUI offloading it
+      and loading it back) gets a fresh capture instead of a replay reading freed memory.
+      On a CPU device the option is ignored (there is nothing to capture);
+    - ``fuse_upsample``: nearest-2x upsampling + 3x3 conv computed as four 2x2 convs at the
+      low resolution (`upsample_fusion`): 4/9 of those convs' FLOPs, same function;
+    - ``inductor``: extra Inductor settings for the compile (e.g. ``freezing``), as pairs.
 
 Reference keys/values are not touched: compute them once with ``encode_references`` (the bank
 cache) and pass them to every call. A reference mask with masked-out entries needs a host
@@ -30,6 +36,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import vae_io
+from .upsample_fusion import fuse_upsample_convs
 from .reference_kv import ReferenceKV
 from .schedule import add_noise, predict_x0
 
@@ -43,6 +50,8 @@ class SpeedConfig:
     channels_last: bool = False
     compile_mode: Optional[str] = None
     cuda_graph: bool = False
+    fuse_upsample: bool = False
+    inductor: tuple = ()  # ((name, value), ...) Inductor config for compile_mode, e.g. (("freezing", True),)
     cudnn_benchmark: bool = True  # global torch setting; lets cuDNN pick the fastest conv kernels
     warmup_runs: int = 2  # eager runs before a CUDA graph capture (cuDNN autotuning, lazy init)
 
@@ -52,13 +61,19 @@ class SpeedConfig:
         if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
             raise ValueError(f"compile_mode {self.compile_mode!r} already uses CUDA graphs; "
                              "set cuda_graph=False or pick 'default' / 'max-autotune-no-cudagraphs'")
+        if self.inductor and not self.compile_mode:
+            raise ValueError("inductor settings need a compile_mode")
+        self.inductor = tuple((str(k), v) for k, v in self.inductor)
 
     def label(self) -> str:
         parts = ["sdpa"]
         if self.channels_last:
             parts.append("channels_last")
+        if self.fuse_upsample:
+            parts.append("fused_upsample")
         if self.compile_mode:
-            parts.append(f"compile[{self.compile_mode}]")
+            extra = "".join(f",{k}" if v is True else f",{k}={v}" for k, v in self.inductor)
+            parts.append(f"compile[{self.compile_mode}{extra}]")
         if self.cuda_graph:
             parts.append("cuda_graph")
         return "+".join(parts)
@@ -95,11 +110,25 @@ def restore_core(restorer, x: torch.Tensor, sample_noise: Optional[torch.Tensor]
 _COMPILED: dict = {}
 
 
-def compiled_core(mode: str) -> Callable:
-    """One torch.compile wrapper per mode, shared so that variants reuse compiled code."""
-    if mode not in _COMPILED:
-        _COMPILED[mode] = torch.compile(restore_core, mode=mode, dynamic=False)
-    return _COMPILED[mode]
+def compiled_core(mode: str, inductor: tuple = ()) -> Callable:
+    """One torch.compile wrapper per (mode, Inductor settings), shared so that variants reuse
+    compiled code. torch.compile takes a mode or options, not both: with settings, the mode's
+    own options are spelled out."""
+    key = (mode, tuple(inductor))
+    if key not in _COMPILED:
+        if inductor:
+            options = {"max_autotune": mode.startswith("max-autotune"),
+                       "triton.cudagraphs": mode in ("reduce-overhead", "max-autotune")}
+            options.update(dict(inductor))
+            _COMPILED[key] = torch.compile(restore_core, options=options, dynamic=False)
+        else:
+            _COMPILED[key] = torch.compile(restore_core, mode=mode, dynamic=False)
+    return _COMPILED[key]
+
+
+def weights_key(module: torch.nn.Module) -> int:
+    """A hash of where the module's tensors live: changes when a host moves or reallocates them."""
+    return hash(tuple(t.data_ptr() for t in module.parameters()) + tuple(b.data_ptr() for b in module.buffers()))
 
 
 class _CapturedCore:
@@ -154,13 +183,14 @@ class FastRestorer:
         self.speed = speed or SpeedConfig()
         self._graphs: dict = {}
         self._timestep: Optional[torch.Tensor] = None
-        if self.speed.cuda_graph and restorer.device.type != "cuda":
-            raise ValueError("cuda_graph needs the restorer on a CUDA device")
-        if self.speed.cudnn_benchmark and restorer.device.type == "cuda":
+        if self.speed.cudnn_benchmark and torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
+        if self.speed.fuse_upsample:
+            fuse_upsample_convs(restorer)
         if self.speed.channels_last:
             restorer.to(memory_format=torch.channels_last)
-        self._core = compiled_core(self.speed.compile_mode) if self.speed.compile_mode else restore_core
+        s = self.speed
+        self._core = compiled_core(s.compile_mode, s.inductor) if s.compile_mode else restore_core
 
     # delegation, so callers can use a FastRestorer wherever they used the restorer
     @property
@@ -216,12 +246,15 @@ class FastRestorer:
         if refs is not None and refs.keys[0].device != r.device:
             refs = refs.to(r.device)
         inputs = self.prepare(lq, use_vp, generator)
-        if self.speed.cuda_graph and (refs is None or refs.mask is None or bool(refs.mask.all())):
+        graphable = refs is None or refs.mask is None or bool(refs.mask.all())
+        if self.speed.cuda_graph and r.device.type == "cuda" and graphable:
             if refs is not None and refs.mask is not None:
                 refs = ReferenceKV(list(refs.layers), refs.keys, refs.values, None)
-            key = _signature(inputs, refs)
+            key = (_signature(inputs, refs), weights_key(r))
             captured = self._graphs.get(key)
             if captured is None:
+                # captures for weights that since moved would replay reading freed memory
+                self._graphs = {k: g for k, g in self._graphs.items() if k[1] == key[1]}
                 captured = _CapturedCore(self._core, r, inputs, refs, self.speed.warmup_runs)
                 self._graphs[key] = captured
             img = captured.replay(inputs, refs)
