@@ -21,6 +21,7 @@ OFFICIAL = {"InstantRestore (official)": "instantrestore", "OSDFace (official)":
 BASE_WEIGHTS = ("sd21-base", "sd-turbo", "sd-vae-ft-mse")  # base models kept beside, not restorers
 NO_BASE = "none"
 CATEGORY = "face restore/one-step"
+SPEEDS = ("auto", "compile", "eager")
 
 
 def restorer_choices() -> list[str]:
@@ -90,10 +91,20 @@ class LoadFaceRestorer:
                                    "tooltip": "Let the official models and SD 2.1-base download from the "
                                               "Hugging Face Hub when missing (off: offline, an error names "
                                               "the files and the folder)."}),
-            }
+            },
+            "optional": {
+                "speed": (list(SPEEDS), {"default": "auto",
+                          "tooltip": "auto: CUDA graphs on a GPU (re-captured when ComfyUI moves the "
+                                     "model) and upsampling convs at low resolution; compile: also "
+                                     "torch.compile (fastest, ~1 min of compiling per batch size); "
+                                     "eager: the plain model. All give the same faces."}),
+            },
         }
 
-    def load(self, model_name: str, base_model: str, device: str, precision: str, allow_download: bool):
+    def load(self, model_name: str, base_model: str, device: str, precision: str, allow_download: bool,
+             speed: str = "auto"):
+        if speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
         if model_name == DEFAULT_CHOICE:
             spec = None
             if not DEFAULT_MODEL_PATH.is_file():
@@ -109,9 +120,9 @@ class LoadFaceRestorer:
                                      models_dir=cb.restorer_dir(), allow_download=bool(allow_download))
         if dtype != torch.float32:
             restorer = restorer.to(dtype)
-        # Eager (cached reference K/V, SDPA, fused LoRA): CUDA graphs would pin buffers that
-        # ComfyUI's memory manager frees when it offloads this model.
-        pipeline = FaceRestorePipeline(restorer, identity=try_identity(), speed="eager")
+        # The fast path (restorer_core.models.fast): its CUDA graphs are keyed by where the
+        # weights live, so ComfyUI offloading and reloading the model re-captures them.
+        pipeline = FaceRestorePipeline(restorer, identity=try_identity(), speed=speed)
         handle = FaceRestorerHandle(name=model_name, pipeline=pipeline, patcher=cb.make_patcher(restorer, dev),
                                     load_device=dev, dtype=dtype)
         log(f"loaded {handle.describe()}")

@@ -114,22 +114,22 @@ def _rgb_float(pixels: np.ndarray) -> np.ndarray:
 def make_runner(restorer: Any, speed: Any = "auto") -> Any:
     """The callable that restores batches: the restorer itself, or a FastRestorer around it.
 
-    speed: "auto" (CUDA graphs on a CUDA device, plain eager elsewhere), "eager", "graph",
-    "compile" (torch.compile + CUDA graphs: the fastest, about a minute of compiling per batch
-    shape), or a restorer_core.models.fast.SpeedConfig. Every choice computes the same output.
+    speed: "auto" (upsampling convs at low resolution; plus CUDA graphs on a CUDA device),
+    "eager" (the restorer as it is), "graph" (same as auto), "compile" (auto + channels-last +
+    torch.compile: the fastest on a GPU, about a minute of compiling per batch shape), or a
+    restorer_core.models.fast.SpeedConfig. Every choice computes the same function.
     """
     from .models.fast import FastRestorer, SpeedConfig
 
     if isinstance(speed, SpeedConfig):
         return FastRestorer(restorer, speed)
-    on_cuda = torch.device(restorer.device).type == "cuda"
-    if speed == "eager" or (speed == "auto" and not on_cuda):
+    if speed == "eager":
         return restorer
     if speed in ("auto", "graph"):
-        return FastRestorer(restorer, SpeedConfig(cuda_graph=on_cuda))
+        return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, cuda_graph=True))
     if speed == "compile":
-        return FastRestorer(restorer, SpeedConfig(channels_last=on_cuda, compile_mode="default",
-                                                  cuda_graph=on_cuda))
+        return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, channels_last=True,
+                                                  compile_mode="default", cuda_graph=True))
     raise ValueError(f"speed must be auto, eager, graph or compile, got {speed!r}")
 
 

@@ -186,6 +186,24 @@ def test_restorer_goes_through_comfy_memory_manager(N, handle, blake):
     assert restored.restored_count == len(faces.faces) == 2
 
 
+def test_speed_choices_restore_the_same_faces(pack, N, handle, blake, bank):
+    """The loader's default runs the fast path (fused upsampling; CUDA graphs on a GPU);
+    eager is the plain model: the same faces either way. An unknown speed is refused."""
+    FastRestorer = sys.modules[f"{pack.__name__}.restorer_core.models.fast"].FastRestorer
+
+    assert isinstance(handle.pipeline.runner, FastRestorer) and handle.pipeline.runner.speed.fuse_upsample
+    eager = N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False,
+                                              speed="eager")[0]
+    assert eager.pipeline.runner is eager.pipeline.restorer
+    faces = detect(N, blake)[0]
+    fast_faces = N["OneStepRestore"].restore(handle, faces, **RESTORE, reference_bank=bank)[0]
+    eager_faces = N["OneStepRestore"].restore(eager, faces, **RESTORE, reference_bank=bank)[0]
+    for a, b in zip(fast_faces.faces, eager_faces.faces):
+        assert np.abs(a.restored.astype(np.float32) - b.restored.astype(np.float32)).max() <= 1 / 255 + 1e-6
+    with pytest.raises(ValueError, match="speed must be one of"):
+        N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False, speed="turbo")
+
+
 def test_device_and_precision_choice(pack):
     bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
     assert bridge.choose_device_dtype("auto", "auto") == (torch.device("cpu"), torch.float32)

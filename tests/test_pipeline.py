@@ -222,8 +222,9 @@ def test_speed_runner_choice_and_same_output(tmp_path):
     cfg = small_default_config(64)
     torch.manual_seed(0)
     model = OneStepRestorer(cfg).eval()
-    assert make_runner(model, "auto") is model
     assert make_runner(model, "eager") is model
+    auto = make_runner(model, "auto")  # on the CPU: fused upsampling, no CUDA graph to capture
+    assert isinstance(auto, FastRestorer) and auto.speed.fuse_upsample and auto.speed.cuda_graph
     fast = make_runner(model, SpeedConfig(channels_last=True))
     assert isinstance(fast, FastRestorer)
     with pytest.raises(ValueError, match="speed must be"):

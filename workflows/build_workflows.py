@@ -36,7 +36,7 @@ WIDGETS = {
     "ImageCrop": ["width", "height", "x", "y"],
     "PreviewAny": [],
     "Note": ["text"],
-    "OneStepLoadFaceRestorer": ["model_name", "base_model", "device", "precision", "allow_download"],
+    "OneStepLoadFaceRestorer": ["model_name", "base_model", "device", "precision", "allow_download", "speed"],
     "OneStepDetectFaces": ["detector", "detector_model", "threshold", "selection", "max_faces", "face_indices",
                            "min_face_size", "similarity_threshold", "track_faces", "crop_size"],
     "OneStepReferenceBank": ["folder", "detector", "detector_model", "threshold", "align_size"],
@@ -97,7 +97,7 @@ class Node:
 # ----------------------------------------------------------------------------- shared settings
 
 RESTORER = {"model_name": "default (embedded)", "base_model": "none", "device": "auto", "precision": "auto",
-            "allow_download": False}
+            "allow_download": False, "speed": "auto"}
 DETECT = {"detector": "yunet", "detector_model": "default", "threshold": 0.7}
 SELECT_ALL = {"selection": "all", "max_faces": 0, "face_indices": "0", "min_face_size": 0,
               "similarity_threshold": 0.4}
