@@ -97,7 +97,7 @@ def part_encode(restorer, x, sample_noise):
 
 
 def part_unet(restorer, z, time_noise, context, timestep):
-    alpha = restorer.alphas_cumprod[restorer.config.timestep]
+    alpha = restorer.alpha_value(restorer.config.timestep)
     z_t = add_noise(z, time_noise, alpha)
     eps = restorer.unet(z_t, timestep, encoder_hidden_states=context).sample
     return predict_x0(z_t, eps, alpha, restorer.config.x0_in_float64)

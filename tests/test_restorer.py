@@ -761,3 +761,24 @@ def test_weights_key_follows_where_the_weights_live():
     assert weights_key(model) == before
     model.to(torch.float64).to(torch.float32)  # new storage, as after an offload and reload
     assert weights_key(model) != before
+
+
+def test_restore_core_traces_as_one_graph():
+    """torch.compile sees the whole core (encode, noise, UNet with reference attention, x0,
+    decode) as one graph: no host reads (a graph break, and a sync that breaks CUDA graph
+    capture when the schedule lives on the GPU)."""
+    from restorer_core.models.fast import FastRestorer, SpeedConfig, restore_core
+
+    from restorer_core.models.schedule import alphas_cumprod
+
+    with torch.device("meta"):  # a default-device context (as when building on the GPU)
+        assert alphas_cumprod().device.type == "cpu"
+    model = build(tiny_config("instantrestore"))
+    fast = FastRestorer(model, SpeedConfig(fuse_upsample=True))
+    with torch.no_grad():
+        kv = model.encode_references(faces(2, 41), generator=gen(1))
+        inputs = fast.prepare(faces(2, 40), False, gen(2))
+        with model._injecting(kv):
+            explained = torch._dynamo.explain(restore_core)(model, **inputs)
+    assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+    assert explained.graph_count == 1

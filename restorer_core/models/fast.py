@@ -100,7 +100,7 @@ def restore_core(restorer, x: torch.Tensor, sample_noise: Optional[torch.Tensor]
     dist, skips = vae_io.encode(restorer.vae, x, keep_skips=cfg.vae_skip_convs)
     z = dist.mode() if sample_noise is None else dist.mean + dist.std * sample_noise
     z = z * restorer.scaling_factor
-    alpha = restorer.alphas_cumprod[cfg.timestep]
+    alpha = restorer.alpha_value(cfg.timestep)  # a Python float: no host read inside compiled code
     z_t = z if time_noise is None else add_noise(z, time_noise, alpha)
     eps = restorer.unet(z_t, timestep, encoder_hidden_states=context).sample
     x0 = predict_x0(z_t, eps, alpha, cfg.x0_in_float64)

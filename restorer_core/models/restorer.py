@@ -59,6 +59,8 @@ class OneStepRestorer(nn.Module):
             torch.zeros(1, config.prompt_tokens, config.cross_attention_dim), requires_grad=False)
         # Not a buffer: .half()/.to(bf16) must never round the schedule (bf16 makes alpha_bar[1] == 1).
         self._alphas = alphas_cumprod(config.num_train_timesteps, config.beta_start, config.beta_end)
+        # the same values as Python floats: compiled code reads them as constants (no graph break)
+        self._alpha_values = tuple(self._alphas.tolist())
 
         self._ctx = ReferenceContext(train_input=config.train_input, use_adain=config.use_adain)
         self.reference_sites = install_processors(self.unet, self._ctx)
@@ -82,6 +84,10 @@ class OneStepRestorer(nn.Module):
     def alphas_cumprod(self) -> torch.Tensor:
         """The DDPM cumulative alphas, float32 on the CPU whatever the module's dtype/device."""
         return self._alphas
+
+    def alpha_value(self, timestep: int) -> float:
+        """alphas_cumprod[timestep] as a Python float (exactly the float32 value)."""
+        return self._alpha_values[int(timestep)]
 
     @property
     def scaling_factor(self) -> float:

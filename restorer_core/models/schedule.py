@@ -9,8 +9,10 @@ import torch
 
 def alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
                    beta_end: float = 0.012) -> torch.Tensor:
-    """Cumulative alphas exactly as diffusers' DDPM/DDIM schedulers compute them (float32)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    """Cumulative alphas exactly as diffusers' DDPM/DDIM schedulers compute them (float32, CPU:
+    also under a ``torch.device("cuda")`` context, so reading one never syncs the GPU)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32,
+                           device="cpu") ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
 
