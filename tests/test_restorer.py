@@ -782,3 +782,27 @@ def test_restore_core_traces_as_one_graph():
             explained = torch._dynamo.explain(restore_core)(model, **inputs)
     assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def test_wide_head_attention_equals_sdpa():
+    """The VAE's one wide head as matmuls + softmax computes what SDPA computes (the CUDA-only
+    path is forced on the CPU here); masked calls and narrow heads keep SDPA."""
+    from diffusers.models.attention_processor import Attention
+
+    from restorer_core.models.attention import SDPAProcessor, WideHeadAttnProcessor, use_wide_head_attention
+
+    torch.manual_seed(3)
+    attn = Attention(320, heads=1, dim_head=320, rescale_output_factor=1.0, eps=1e-6, norm_num_groups=8,
+                     residual_connection=True, bias=True, upcast_softmax=True, _from_deprecated_attn_block=True)
+    attn.set_processor(SDPAProcessor())
+    narrow = Attention(64, heads=2, dim_head=32)
+    holder = torch.nn.ModuleDict(dict(wide=attn, narrow=narrow))
+    x = torch.randn(2, 320, 6, 5)
+    with torch.no_grad():
+        expected = attn(x)
+        assert use_wide_head_attention(holder) == 1
+        assert isinstance(attn.processor, WideHeadAttnProcessor)
+        assert not isinstance(narrow.processor, WideHeadAttnProcessor)
+        assert torch.equal(attn(x), expected)  # on the CPU: SDPA as before
+        attn.processor.devices = ("cpu", "cuda")
+        close(attn(x), expected, 1e-5)

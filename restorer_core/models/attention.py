@@ -169,3 +169,49 @@ def install_processors(unet, context: ReferenceContext) -> list:
             procs[name] = SDPAProcessor()
     unet.set_attn_processor(procs)
     return sites
+
+
+class WideHeadAttnProcessor(SDPAProcessor):
+    """SDPA, except for heads wider than the fused kernels take (the VAE's single 512-wide head).
+
+    Flash and cuDNN attention stop at head_dim 256, so torch runs a 512-wide head through its
+    memory-efficient kernel at a fraction of the matmul rate. Here such a head is two matmuls
+    and a float32 softmax, one face at a time (the score matrix of a 64x64 latent is 4096^2
+    per face). Same function; the scores are rounded to the input dtype once, as in diffusers'
+    classic processor. Masked attention keeps SDPA.
+    """
+
+    max_fused_head_dim = 256
+    devices = ("cuda",)  # elsewhere SDPA has no such limit (the CPU kernel takes any width)
+
+    def attend(self, attn, query, key, value, hidden_states, attention_mask):
+        head_dim = query.shape[-1] // attn.heads
+        if (head_dim <= self.max_fused_head_dim or attention_mask is not None
+                or query.device.type not in self.devices):
+            return super().attend(attn, query, key, value, hidden_states, attention_mask)
+        b = query.shape[0]
+        q, k, v = (_split_heads(t, attn.heads) for t in (query * attn.scale, key, value))
+        out = []
+        for i in range(b):
+            probs = torch.matmul(q[i], k[i].transpose(-1, -2)).float().softmax(dim=-1).to(v.dtype)
+            out.append(torch.matmul(probs, v[i]))
+        return torch.stack(out).transpose(1, 2).reshape(b, -1, query.shape[-1])
+
+
+def use_wide_head_attention(model: torch.nn.Module) -> int:
+    """Give WideHeadAttnProcessor to every plain attention layer of `model` with heads wider than
+    256 (reference processors are left alone). Returns how many layers changed."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, Attention) or module.heads <= 0:
+            continue
+        if module.inner_dim // module.heads <= WideHeadAttnProcessor.max_fused_head_dim:
+            continue
+        if type(module.processor) in (AttnProcessor2_0, SDPAProcessor):
+            module.set_processor(WideHeadAttnProcessor())
+            count += 1
+        elif isinstance(module.processor, WideHeadAttnProcessor):
+            count += 1
+    return count

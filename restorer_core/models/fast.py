@@ -20,6 +20,8 @@
       On a CPU device the option is ignored (there is nothing to capture);
     - ``fuse_upsample``: nearest-2x upsampling + 3x3 conv computed as four 2x2 convs at the
       low resolution (`upsample_fusion`): 4/9 of those convs' FLOPs, same function;
+    - ``wide_head_attention``: the VAE's 512-wide attention head as matmuls + softmax on CUDA
+      (`attention.WideHeadAttnProcessor`; fused attention kernels stop at 256);
     - ``inductor``: extra Inductor settings for the compile (e.g. ``freezing``), as pairs.
 
 Reference keys/values are not touched: compute them once with ``encode_references`` (the bank
@@ -36,6 +38,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import vae_io
+from .attention import use_wide_head_attention
 from .upsample_fusion import fuse_upsample_convs
 from .reference_kv import ReferenceKV
 from .schedule import add_noise, predict_x0
@@ -51,6 +54,7 @@ class SpeedConfig:
     compile_mode: Optional[str] = None
     cuda_graph: bool = False
     fuse_upsample: bool = False
+    wide_head_attention: bool = False
     inductor: tuple = ()  # ((name, value), ...) Inductor config for compile_mode, e.g. (("freezing", True),)
     cudnn_benchmark: bool = True  # global torch setting; lets cuDNN pick the fastest conv kernels
     warmup_runs: int = 2  # eager runs before a CUDA graph capture (cuDNN autotuning, lazy init)
@@ -71,6 +75,8 @@ class SpeedConfig:
             parts.append("channels_last")
         if self.fuse_upsample:
             parts.append("fused_upsample")
+        if self.wide_head_attention:
+            parts.append("wide_head_mm")
         if self.compile_mode:
             extra = "".join(f",{k}" if v is True else f",{k}={v}" for k, v in self.inductor)
             parts.append(f"compile[{self.compile_mode}{extra}]")
@@ -187,6 +193,8 @@ class FastRestorer:
             torch.backends.cudnn.benchmark = True
         if self.speed.fuse_upsample:
             fuse_upsample_convs(restorer)
+        if self.speed.wide_head_attention:
+            use_wide_head_attention(restorer)
         if self.speed.channels_last:
             restorer.to(memory_format=torch.channels_last)
         s = self.speed
