@@ -326,15 +326,17 @@ def build_project(b: Bench, arch: dict, parts: dict, dtype: torch.dtype) -> OneS
 
 def project_variants(b: Bench, dname: str, with_compile: bool) -> list:
     """The fast.py configurations timed: a plain CUDA graph, then what make_runner gives for
-    speed "auto" (fused upsampling, wide-head attention as matmuls, CUDA graph) and "compile"
-    (+ channels_last + torch.compile). Order matters: the later ones change the model."""
+    speed "auto" (fused upsampling, wide-head attention as matmuls, CUDA graph; the reference
+    networks stay resident here, for comparison) and "compile" (+ channels_last +
+    torch.compile, reference networks offloaded to the CPU as the CLI does on a GPU).
+    Order matters: the later ones change the model."""
     s = b.s
     out = [SpeedConfig(cuda_graph=True)] if b.cuda else []
     out.append(SpeedConfig(fuse_upsample=True, wide_head_attention=True, cuda_graph=b.cuda))
     if with_compile and s.compile_mode:
         graph = b.cuda and s.compile_mode not in ("reduce-overhead", "max-autotune")
         out.append(SpeedConfig(fuse_upsample=True, wide_head_attention=True, channels_last=True,
-                               compile_mode=s.compile_mode, cuda_graph=graph))
+                               compile_mode=s.compile_mode, cuda_graph=graph, offload_references=b.cuda))
     return out
 
 
@@ -424,7 +426,15 @@ def _fast_rows(b: Bench, path: str, restorer, speed: SpeedConfig, inputs: Inputs
                 row.rel_err, row.rel_err_vs = rel_l2(out, eager_out[batch]), "eager restorer"
             row.note = f"first call {first_s:.1f} s"
             row.weights_gib = weights_gib(restorer)
-            return b.time_ms(lambda: fast(lq, refs, generator=gen(b.dev, 1)), s.warmup, s.iters)
+            times = b.time_ms(lambda: fast(lq, refs, generator=gen(b.dev, 1)), s.warmup, s.iters)
+            if speed.offload_references:  # a bank build brings the networks over and back
+                with torch.no_grad():
+                    kv = fast.encode_references(inputs.refs, generator=gen(b.dev, 2))
+                err = max(rel_l2(x, y) for x, y in zip(kv.keys + kv.values, refs.keys + refs.values))
+                again = rel_l2(fast(lq, refs, generator=gen(b.dev, 1)).float().cpu(), out)
+                row.note += (f"; ref nets on {restorer.ref_unet.conv_in.weight.device.type}, bank rebuilt "
+                             f"with them: K/V rel err {err:.1e}, restore after it {again:.1e}")
+            return times
         b.guarded(Row(path, speed.label(), dname, batch, gflop_per_face=gflop), body)
     fast.release_graphs()
 

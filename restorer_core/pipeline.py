@@ -126,11 +126,16 @@ def make_runner(restorer: Any, speed: Any = "auto") -> Any:
         return FastRestorer(restorer, speed)
     if speed == "eager":
         return restorer
+    # On a GPU the reference networks wait on the CPU between bank builds (restores read the
+    # cached K/V); a host that manages the model's memory itself (ComfyUI) builds on the CPU.
+    offload = torch.device(restorer.device).type == "cuda"
     if speed in ("auto", "graph"):
-        return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, wide_head_attention=True, cuda_graph=True))
+        return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, wide_head_attention=True, cuda_graph=True,
+                                                  offload_references=offload))
     if speed == "compile":
         return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, wide_head_attention=True, channels_last=True,
-                                                  compile_mode="default", cuda_graph=True))
+                                                  compile_mode="default", cuda_graph=True,
+                                                  offload_references=offload))
     raise ValueError(f"speed must be auto, eager, graph or compile, got {speed!r}")
 
 

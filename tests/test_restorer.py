@@ -761,6 +761,22 @@ def test_weights_key_follows_where_the_weights_live():
     assert weights_key(model) == before
     model.to(torch.float64).to(torch.float32)  # new storage, as after an offload and reload
     assert weights_key(model) != before
+    assert model.offload_reference_networks("cpu") is False  # OSDFace has no reference networks
+
+
+def test_weights_key_ignores_the_reference_networks():
+    """Bank builds move InstantRestore's reference UNet/VAE in and out (offload_references): the
+    captured restore graphs do not read them, so that must not force a new capture."""
+    from restorer_core.models.fast import weights_key
+
+    model = build(tiny_config("instantrestore"))
+    before = weights_key(model)
+    assert model.offload_reference_networks("cpu") is True
+    model.ref_unet.to(torch.float64).to(torch.float32)
+    model.ref_vae.to(torch.float64).to(torch.float32)
+    assert weights_key(model) == before
+    model.vae.to(torch.float64).to(torch.float32)
+    assert weights_key(model) != before
 
 
 def test_restore_core_traces_as_one_graph():

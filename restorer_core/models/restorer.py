@@ -139,6 +139,34 @@ class OneStepRestorer(nn.Module):
         return self.prompt_embeds.to(x.dtype).expand(x.shape[0], -1, -1)
 
     # ----------------------------------------------------------------------------- references
+    def offload_reference_networks(self, device="cpu") -> bool:
+        """Keep InstantRestore's separate reference UNet and VAE on `device` (the CPU) between
+        bank builds: restoring from cached reference K/V never runs them, and on the GPU they
+        are half of the weights (1.8 GiB in fp16 at full size). encode_references brings them
+        over for its call. Returns False when the restorer has no separate reference networks."""
+        if self.ref_unet is None:
+            return False
+        self.ref_unet.to(device)
+        self.ref_vae.to(device)
+        return True
+
+    @contextlib.contextmanager
+    def _reference_networks_here(self):
+        """The reference networks on the restorer's device for the duration (then back)."""
+        if self.ref_unet is None:
+            yield
+            return
+        home = self.ref_unet.conv_in.weight.device
+        if home == self.device:
+            yield
+            return
+        self.ref_unet.to(self.device)
+        self.ref_vae.to(self.device)
+        try:
+            yield
+        finally:
+            self.offload_reference_networks(home)
+
     def encode_references(self, refs: torch.Tensor, mask: Optional[torch.Tensor] = None,
                           generator=None) -> ReferenceKV:
         """Reference faces [R, 3, S, S] (or per face [B, R, 3, S, S]) in 0..1 -> ReferenceKV.
@@ -156,18 +184,19 @@ class OneStepRestorer(nn.Module):
         flat = refs.reshape(bk * r, *refs.shape[2:]).to(self.device, self.dtype) * 2 - 1
         vae = self.ref_vae if self.ref_vae is not None else self.vae
         unet = self.ref_unet if self.ref_unet is not None else self.unet
-        z, _ = self._latents(vae, flat, generator)
-        t = self.config.ref_timestep
-        if self.config.add_noise:
-            z = self._noise(z, t, generator)
         ctx = self._ref_ctx
-        ctx.mode, ctx.recorded, ctx.record_limit = "record", {}, len(self.reference_sites)
-        try:
-            unet(z, t, encoder_hidden_states=self.prompt(flat, False))
-        except RecordingDone:
-            pass
-        finally:
-            ctx.mode, ctx.record_limit = "off", 0
+        with self._reference_networks_here():
+            z, _ = self._latents(vae, flat, generator)
+            t = self.config.ref_timestep
+            if self.config.add_noise:
+                z = self._noise(z, t, generator)
+            ctx.mode, ctx.recorded, ctx.record_limit = "record", {}, len(self.reference_sites)
+            try:
+                unet(z, t, encoder_hidden_states=self.prompt(flat, False))
+            except RecordingDone:
+                pass
+            finally:
+                ctx.mode, ctx.record_limit = "off", 0
         recorded, ctx.recorded = ctx.recorded, {}
         keys, values = [], []
         for layer in self.reference_sites:
