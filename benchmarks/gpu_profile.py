@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="comma list of parts,profile to skip")
     ap.add_argument("--budget-s", type=float, default=540, help="a variant is not started with under 150 s left")
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--cudnn-benchmark", default="on", choices=("on", "off"),
+                    help="off: cuDNN's heuristic kernel choice (the CLI's reproducible default)")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     a = ap.parse_args(argv)
 
@@ -152,12 +154,12 @@ def main(argv=None) -> int:
     b = Bench(settings)
     os.makedirs(a.out, exist_ok=True)
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark == "on"
         dyn = torch._dynamo.config
         setattr(dyn, "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit", 64)
     device_name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     print(f"device {device_name}, torch {torch.__version__}, {a.dtype}, batch {a.batch}", flush=True)
-    result = {"device": device_name, "torch": torch.__version__, "dtype": a.dtype, "batch": a.batch,
+    result = {"cudnn_benchmark": a.cudnn_benchmark, "device": device_name, "torch": torch.__version__, "dtype": a.dtype, "batch": a.batch,
               "refs": a.refs, "resolution": res, "arch": "tiny stand-in" if a.tiny else "full-size InstantRestore", "variants": [], "parts": [], "kernels": {}}
     if cuda:
         result["bf16_matmul_tflops"] = b.measure_matmul()

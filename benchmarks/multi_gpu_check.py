@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--speed", default="auto")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="pass --cudnn-benchmark to the CLI")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     a = ap.parse_args(argv)
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     ref.crop((350, 0, ref.width, ref.height)).save(work / "reference.png")
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     common = ["restore", str(work / "in"), "--refs", str(work / "reference.png"), "--batch-size", str(a.batch_size),
-              "--speed", a.speed, "--quiet"]
+              "--speed", a.speed, "--quiet"] + (["--cudnn-benchmark"] if a.cudnn_benchmark else [])
     single_dev = "cuda:0" if a.device == "cuda" else "cpu"
     t1 = run([sys.executable, "-m", "restorer_core", *common, "--out", str(work / "one"), "--device", single_dev,
               "--report", str(work / "one.json")], env)
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
                   images=a.images, batch_size=a.batch_size, speed=a.speed, wall_s_single=t1, wall_s_multi=tn,
                   faces_single=faces(rep1), faces_multi=faces(repn), **cmp)
     lines = [f"### Batch CLI, 1 process vs torchrun x{procs} ({result['device']}, default model, "
-             f"{a.images} photos, batch size {a.batch_size}, speed {a.speed})", "",
+             f"{a.images} photos, batch size {a.batch_size}, speed {a.speed}, cuDNN benchmark "
+             f"{'on' if a.cudnn_benchmark else 'off'})", "",
              "| run | wall s (incl. start-up) | images written | faces restored |", "|---|---|---|---|",
              f"| 1 process | {t1:.1f} | {cmp['files_single']} | {result['faces_single']} |",
              f"| torchrun, {procs} processes | {tn:.1f} | {cmp['files_multi']} | {result['faces_multi']} |", "",

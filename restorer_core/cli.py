@@ -390,6 +390,11 @@ def _restore_command(args: argparse.Namespace, ctx: Any) -> int:
     identity = None
     if bank is not None:  # similarity is measured against the bank's person
         identity = _identity_or_note(report, selection.mode == "similar", device)
+    # cuDNN picks convolution kernels by heuristics unless asked to time them: timing can pick
+    # other kernels in another process (or on another GPU), which moves pixels by 1-3/255.
+    import torch
+
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     pipeline = FaceRestorePipeline(restorer, identity=identity, speed=args.speed)
     pipeline.add_detector(options, detector)
     try:
@@ -545,8 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=8, help="faces per network pass (default 8)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--speed", choices=["auto", "eager", "graph", "compile"], default="auto",
-                   help="GPU speed-ups (same output): auto = CUDA graphs on CUDA, eager on CPU; "
-                        "compile adds torch.compile (about a minute of compiling per batch shape)")
+                   help="speed-ups computing the same function: auto = upsampling convs at low "
+                        "resolution (+ CUDA graphs on a GPU); compile adds torch.compile (about a "
+                        "minute of compiling per batch shape); eager = the plain model")
+    r.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its convolution kernels (a little faster on a GPU; runs and "
+                        "GPUs may then differ by a few 1/255; off: reproducible pixels)")
     r.add_argument("--max-refs", type=int, default=4, help="reference faces used (default 4)")
     r.add_argument("--color-fix", default="wavelet", choices=("wavelet", "meanstd", "none"))
     r.add_argument("--mask", default="landmarks", choices=("landmarks", "ellipse", "box"))

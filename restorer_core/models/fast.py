@@ -59,7 +59,9 @@ class SpeedConfig:
     wide_head_attention: bool = False
     offload_references: bool = False
     inductor: tuple = ()  # ((name, value), ...) Inductor config for compile_mode, e.g. (("freezing", True),)
-    cudnn_benchmark: bool = True  # global torch setting; lets cuDNN pick the fastest conv kernels
+    # global torch setting, left alone unless True: cuDNN times its conv kernels (faster, but the
+    # choice can differ between processes and GPUs, and with it the last bits of the output)
+    cudnn_benchmark: bool = False
     warmup_runs: int = 2  # eager runs before a CUDA graph capture (cuDNN autotuning, lazy init)
 
     def __post_init__(self) -> None:
