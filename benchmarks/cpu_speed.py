@@ -2,8 +2,9 @@
 """CPU speed of the embedded default restorer (small_default_config, 128 px faces).
 
 Times ms per face at batch 1 and 4, without references (visual prompt only) and with 4 cached
-references (visual prompt + reference attention), for the plain restorer and the channels_last
-FastRestorer, plus building the 4 references' K/V once. Loads the shipped weights
+references (visual prompt + reference attention), for the plain restorer and the runner the CLI
+and the nodes use (make_runner "auto": upsampling convs at low resolution), plus building the 4
+references' K/V once. Loads the shipped weights
 (restorer_core/assets/models/default_restorer.safetensors) when present, else random weights
 (the timing is the same; the report says which).
 
@@ -30,7 +31,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from restorer_core.models.config import small_default_config  # noqa: E402
-from restorer_core.models.fast import FastRestorer, SpeedConfig  # noqa: E402
+from restorer_core.pipeline import make_runner  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
 
 DEFAULT_MODEL = REPO / "restorer_core" / "assets" / "models" / "default_restorer.safetensors"
@@ -71,10 +72,10 @@ def run(warmup: int, iters: int, refs_n: int = 4) -> tuple:
         bank = model.encode_references(refs)
     rows.append(("bank: encode_references", f"{refs_n} refs", "-", bank_ms, "per bank (once per person)"))
     variants = [("restorer.forward", model)]
-    variants.append(("fast: channels_last", None))  # built after the plain rows (it converts the model)
+    variants.append(("speed auto (CLI/nodes default): fused upsampling", None))  # converts the model: last
     for name, runner in variants:
         if runner is None:
-            runner = FastRestorer(model, SpeedConfig(channels_last=True))
+            runner = make_runner(model, "auto")
         for with_refs in (False, True):
             for batch in (1, 4):
                 kv = bank if with_refs else None
