@@ -94,8 +94,8 @@ class LoadFaceRestorer:
             },
             "optional": {
                 "speed": (list(SPEEDS), {"default": "auto",
-                          "tooltip": "auto: CUDA graphs on a GPU (re-captured when ComfyUI moves the "
-                                     "model) and upsampling convs at low resolution; compile: also "
+                          "tooltip": "auto: CUDA graphs on a GPU (captured per node run, freed after "
+                                     "it) and upsampling convs at low resolution; compile: also "
                                      "torch.compile (fastest, ~1 min of compiling per batch size); "
                                      "eager: the plain model. All give the same faces."}),
             },

@@ -174,6 +174,12 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
     except CancelledError:
         cb.check_interrupt()
         raise cb.interrupted_exception()() from None
+    finally:
+        # CUDA graphs live for one node run: their memory pool is invisible to ComfyUI's memory
+        # manager, which may offload this model to make room for the next one.
+        release = getattr(handle.pipeline.runner, "release_graphs", None)
+        if release is not None:
+            release()
     info = handle.pipeline.last_cache_info if handle.pipeline.uses_references(bank, options) else None
     used = _conditioning(handle, bank, options)
     lines.append(f"restored {len(restored)} face(s) with {handle.describe()}; conditioning: {used}")

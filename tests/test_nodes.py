@@ -204,6 +204,15 @@ def test_speed_choices_restore_the_same_faces(pack, N, handle, blake, bank):
         N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False, speed="turbo")
 
 
+def test_restore_node_frees_its_cuda_graphs_after_each_run(N, handle, blake, monkeypatch):
+    """Captured graphs hold GPU memory that ComfyUI's manager cannot see: a node run drops them."""
+    calls = []
+    monkeypatch.setattr(handle.pipeline.runner, "release_graphs", lambda: calls.append(1), raising=False)
+    faces = detect(N, blake)[0]
+    N["OneStepRestore"].restore(handle, faces, **RESTORE)
+    assert calls == [1]
+
+
 def test_device_and_precision_choice(pack):
     bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
     assert bridge.choose_device_dtype("auto", "auto") == (torch.device("cpu"), torch.float32)
