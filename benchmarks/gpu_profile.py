@@ -38,13 +38,13 @@ for p in (str(REPO), str(HERE)):
 
 import torch  # noqa: E402
 
-from gpu_speed import (DTYPES, GIB, Bench, BenchSettings, gen, rel_l2,  # noqa: E402
+from gpu_speed import (DTYPES, Bench, BenchSettings, gen, rel_l2,  # noqa: E402
                        tiny_architectures)
-from restorer_core.models import sd_configs, vae_io  # noqa: E402
+from restorer_core.models import sd_configs  # noqa: E402
 from restorer_core.models.config import RestorerConfig  # noqa: E402
-from restorer_core.models.fast import FastRestorer, SpeedConfig, latent_shape  # noqa: E402
+from restorer_core.models.fast import (FastRestorer, SpeedConfig, decode_part, encode_part,  # noqa: E402
+                                       latent_shape, unet_part)
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
-from restorer_core.models.schedule import add_noise, predict_x0  # noqa: E402
 from restorer_core.models.upsample_fusion import fuse_upsample_convs  # noqa: E402
 
 CDT = (("coordinate_descent_tuning", True),)
@@ -92,19 +92,11 @@ def build(dev: torch.device, dtype: torch.dtype, tiny: bool) -> OneStepRestorer:
 
 # ------------------------------------------------------------------------------ the three parts
 def part_encode(restorer, x, sample_noise):
-    dist, _ = vae_io.encode(restorer.vae, x, keep_skips=False)
-    return (dist.mean + dist.std * sample_noise) * restorer.scaling_factor
-
-
-def part_unet(restorer, z, time_noise, context, timestep):
-    alpha = restorer.alpha_value(restorer.config.timestep)
-    z_t = add_noise(z, time_noise, alpha)
-    eps = restorer.unet(z_t, timestep, encoder_hidden_states=context).sample
-    return predict_x0(z_t, eps, alpha, restorer.config.x0_in_float64)
+    return encode_part(restorer, x, sample_noise)[0]
 
 
 def part_decode(restorer, x0):
-    return vae_io.decode(restorer.vae, x0 / restorer.scaling_factor, None, restorer.config.skip_gamma)
+    return decode_part(restorer, x0, None)
 
 
 def graphed(fn, args: tuple, restorer, refs):
@@ -251,7 +243,7 @@ def _parts(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs, cuda: bool) 
     shape = latent_shape(restorer.config, a.batch)
     z = torch.randn(shape, device=dev, dtype=dtype)
     fns = {"vae_encode": (part_encode, (inputs["x"], inputs["sample_noise"])),
-           "unet (ref attention)": (part_unet, (z, inputs["time_noise"], inputs["context"], inputs["timestep"])),
+           "unet (ref attention)": (unet_part, (z, inputs["time_noise"], inputs["context"], inputs["timestep"])),
            "vae_decode": (part_decode, (z,))}
     for name, (fn, args) in fns.items():
         if pv.compile_mode:
