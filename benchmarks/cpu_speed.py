@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from restorer_core.models.config import small_default_config  # noqa: E402
+from restorer_core.atomic import write_text_atomic  # noqa: E402
 from restorer_core.pipeline import make_runner  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
 
@@ -100,14 +100,6 @@ def markdown(rows: list, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(REPO)}")
@@ -121,7 +113,7 @@ def main(argv=None) -> int:
     md = markdown(rows, source)
     print(md)
     if a.write:
-        write_atomic(RESULTS, md)
+        write_text_atomic(RESULTS, md)
         print(f"wrote {RESULTS}")
     return 0
 

@@ -33,7 +33,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -50,6 +49,7 @@ import torch  # noqa: E402
 
 from official_style import (OfficialStyleConfig, OfficialStyleInstantRestore,  # noqa: E402
                             fused_state_dicts, load_into_restorer, project_config_dict)
+from restorer_core.atomic import write_text_atomic  # noqa: E402
 from restorer_core.models.config import RestorerConfig  # noqa: E402
 from restorer_core.models.fast import FastRestorer, SpeedConfig  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
@@ -597,22 +597,15 @@ def environment(b: Bench) -> dict:
                 cuda=torch.version.cuda, python=platform.python_version())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(b: Bench) -> tuple:
     out = Path(b.s.out)
     md = markdown(b)
     payload = dict(settings=asdict(b.s), environment=environment(b), matmul_bf16_tflops=b.matmul_tflops,
                    total_s=time.time() - b.t0, rows=[asdict(r) for r in b.rows], summary=summary_lines(b))
     stem = "gpu_speed_tiny" if b.s.tiny else "gpu_speed"
-    _atomic_write(out / f"{stem}.json", json.dumps(payload, indent=1))
-    _atomic_write(out / f"{stem}.md", md)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"{stem}.json", json.dumps(payload, indent=1))
+    write_text_atomic(out / f"{stem}.md", md)
     return md, out
 
 

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from restorer_core.atomic import write_text_atomic  # noqa: E402
 from restorer_core.align import template_landmarks  # noqa: E402
 from restorer_core.models.reference_kv import ReferenceKV  # noqa: E402
 from restorer_core.train.dataset import (  # noqa: E402
@@ -526,22 +526,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder + os.replace, with normal (umask) permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=QualityConfig.data, help="face cache .npz (restorer_core.train.prepare)")
@@ -557,7 +541,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help=f"only rewrite {RESULTS_MD.relative_to(REPO)} from {RESULTS_JSON.relative_to(REPO)} (no run)")
     a = ap.parse_args(argv)
     if a.render:
-        write_atomic(RESULTS_MD, markdown(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))))
+        write_text_atomic(RESULTS_MD, markdown(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))))
         print(f"wrote {RESULTS_MD}", file=sys.stderr)
         return 0
     if a.write and a.limit:
@@ -568,8 +552,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     md = markdown(res)
     print(md)
     if a.write:
-        write_atomic(RESULTS_JSON, json.dumps(res, indent=1, sort_keys=False) + "\n")
-        write_atomic(RESULTS_MD, md)
+        write_text_atomic(RESULTS_JSON, json.dumps(res, indent=1, sort_keys=False) + "\n")
+        write_text_atomic(RESULTS_MD, md)
         print(f"wrote {RESULTS_MD} and {RESULTS_JSON}", file=sys.stderr)
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from restorer_core.atomic import atomic_path, write_text_atomic  # noqa: E402
 from restorer_core.imageio import load_image, to_rgb8  # noqa: E402
 from restorer_core.model_zoo import load_any_restorer  # noqa: E402
 from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions  # noqa: E402
@@ -171,29 +171,13 @@ def face_strip(before: Image.Image, after: Image.Image, boxes: Sequence, style: 
 # ----------------------------------------------------------------------------- files
 
 
-def save_atomic(image: Image.Image, path: Path, style: FigureStyle) -> None:
-    """Encode into a temp file next to `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+def save_figure(image: Image.Image, path: Path, style: FigureStyle) -> None:
+    """JPEG or PNG by the file's suffix, written atomically."""
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in (".jpg", ".jpeg"):
             image.save(tmp, "JPEG", quality=style.jpeg_quality, optimize=True, progressive=True)
         else:
             image.save(tmp, "PNG", optimize=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def sources_markdown(rows: Sequence[tuple]) -> str:
@@ -248,7 +232,7 @@ def make_figures(inputs: Sequence[FigureInput] = INPUTS, out_dir: Path = OUT_DIR
             figures.append((f"faces_{item.stem}.jpg", face_strip(b, a, boxes, style)))
         for name, figure in figures:
             path = out_dir / name
-            save_atomic(with_footer(figure, note, style), path, style)
+            save_figure(with_footer(figure, note, style), path, style)
             written.append(path)
             print(f"{path.relative_to(REPO)}  {figure.width}x{figure.height}  {len(boxes)} face(s)")
         rows.append((item, len(boxes)))

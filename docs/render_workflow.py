@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
-import tempfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,6 +25,10 @@ from typing import Any, Optional, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from restorer_core.atomic import atomic_path  # noqa: E402
 DEFAULT_JOBS = (("workflows/02_old_photo_visual_prompt.json", "docs/images/workflow_02.png"),
                 ("workflows/01_txt2img_restore_with_reference.json", "docs/images/workflow_01.png"))
 
@@ -507,21 +510,6 @@ def render(workflow: dict, theme: Theme = Theme(), inputs_dir: Path = REPO / "wo
     return pt.image.resize(size, Image.LANCZOS)
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write atomically: a temp file in the same folder, then moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, "PNG", optimize=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workflow", nargs="?", help="UI-format workflow .json (default: the README's two)")
@@ -535,7 +523,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "nodes" not in workflow:
             parser.error(f"{src} is not a UI-format workflow (no 'nodes'); API-format files have no layout")
         image = render(workflow)
-        save_png(image, Path(dst))
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp:
+            image.save(tmp, "PNG", optimize=True)
         print(f"{dst}  {image.width}x{image.height}")
     return 0
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .errors import BankError, ImageReadError, RestorerError
 
 log = logging.getLogger(__name__)
@@ -233,26 +233,11 @@ def build_bank(sources: Sequence[Source], detector: Any = "yunet", align_size: i
 def _atomic_save_file(tensors: dict, metadata: dict, path: Path, overwrite: bool) -> None:
     from safetensors.torch import save_file
 
-    from .report import default_file_mode
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, default_file_mode())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails instead of replacing a file that appeared meanwhile
-            except FileExistsError:
-                raise BankError(f"{path} already exists; choose another name") from None
-            except OSError:  # no hard links on this file system
-                if path.exists():
-                    raise BankError(f"{path} already exists; choose another name") from None
-                os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        with atomic_path(path, overwrite) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+    except FileExistsError:
+        raise BankError(f"{path} already exists; choose another name") from None
 
 
 def save_bank(bank: ReferenceBank, path: Union[str, os.PathLike], overwrite: bool = False) -> Path:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,23 +123,10 @@ def _write_no_clobber(target_for: Callable[[], Path], write: Callable[[Path], No
 
 def copy_no_clobber(src: Path, dst: Path) -> None:
     """Copy file bytes to dst atomically; FileExistsError if dst exists."""
-    from .report import default_file_mode
+    from .atomic import atomic_path
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst, overwrite=False) as tmp:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, default_file_mode())
-        try:
-            os.link(tmp, dst)
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links here
-            if dst.exists():
-                raise FileExistsError(dst) from None
-            os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- restore runner
@@ -168,30 +153,24 @@ def _progress_bars(total_images: int, enabled: bool):
     return images, faces
 
 
-def _save_image_readable(path: Path, pixels: Any) -> None:
-    """imageio.save_image (atomic, no clobber), then the usual file permissions instead of the
-    temp file's 0o600."""
-    from .imageio import save_image
-    from .report import default_file_mode
-
-    save_image(path, pixels)
-    os.chmod(path, default_file_mode())
-
-
 def _save_face_crops(result: Any, input_path: Path, folder: Path) -> list:
+    from .imageio import save_image
+
     folder.mkdir(exist_ok=True)
     written = []
     for face in result.faces:
         for kind, pixels in (("input", face.crop), ("restored", face.restored)):
             stem = f"{input_path.stem}_face{face.face_index}_{kind}"
             path = _write_no_clobber(lambda stem=stem: free_path(folder, stem, ".png"),
-                                     lambda p, px=pixels: _save_image_readable(p, px))
+                                     lambda p, px=pixels: save_image(p, px))
             written.append(str(path))
     return written
 
 
 def _save_result(result: Any, loaded: Any, settings: RunSettings) -> Path:
     """Write one image (restored pixels, or the input's bytes when nothing changed)."""
+    from .imageio import save_image
+
     src = loaded.path
     if result.record.status == "unchanged":
         suffix = src.suffix if src.suffix.lower() in IMAGE_EXTENSIONS else ".png"
@@ -200,7 +179,7 @@ def _save_result(result: Any, loaded: Any, settings: RunSettings) -> Path:
                                      lambda p: copy_no_clobber(src, p))
     suffix = output_suffix(src, settings.output_format, loaded.bit_depth, loaded.alpha is not None)
     return _write_no_clobber(lambda: free_path(settings.out_dir, f"{src.stem}_restored", suffix),
-                             lambda p: _save_image_readable(p, result.pixels))
+                             lambda p: save_image(p, result.pixels))
 
 
 def run_restore(inputs: Sequence[Path], pipeline: Any, bank: Any, options: Any, settings: RunSettings,

@@ -11,7 +11,6 @@ file is never replaced unless the caller asks for it.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .atomic import write_bytes_atomic
 from .errors import ImageReadError, RestorerError
 
 PathLike = Union[str, os.PathLike]
@@ -299,36 +299,9 @@ def save_image(
     if not path.parent.is_dir():
         raise ImageWriteError(f"folder {path.parent} does not exist; create it first.")
     data = _encode(path, pixels, bit_depth)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _move_no_clobber(Path(tmp), path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _move_no_clobber(tmp: Path, path: Path) -> None:
-    """Move tmp to path, failing if path appeared meanwhile (hard link where supported)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
+        return write_bytes_atomic(path, data, overwrite, fsync=True)
+    except FileExistsError:  # appeared while encoding
         raise ImageWriteError(
             f"{path} already exists; choose another file name or pass overwrite=True."
         ) from None
-    except OSError:  # file system without hard links
-        if path.exists():
-            raise ImageWriteError(
-                f"{path} already exists; choose another file name or pass overwrite=True."
-            ) from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)

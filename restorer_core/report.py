@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
+
+from .atomic import write_text_atomic
 
 REPORT_FORMAT = "onestep-face-restore/report/1"
 
@@ -166,27 +167,10 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def default_file_mode() -> int:
-    """Permissions a plainly created file would get (0o666 minus the umask); temp files from
-    mkstemp are 0o600, which would hide outputs from other users."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_report(report: Union[RunReport, dict], path: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """Write the report as JSON atomically; refuses to replace an existing file unless asked."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another report name")
     data = report.to_dict() if isinstance(report, RunReport) else report
-    text = json.dumps(data, indent=2, default=_jsonable)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n", overwrite)

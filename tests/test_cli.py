@@ -136,7 +136,7 @@ def test_outputs_never_overwrite(photos, model_file, tmp_path):
     first, second = folder / "portrait_restored_1.png", folder / "portrait_restored_2.png"
     assert first.is_file() and second.is_file()
     assert np.array_equal(_read(first), _read(second))  # same input, same seed: same result
-    from restorer_core.report import default_file_mode
+    from restorer_core.atomic import default_file_mode
 
     for made in (first, second, folder / "restore_report.json"):  # not the temp files' 0o600
         assert made.stat().st_mode & 0o777 == default_file_mode()

@@ -11,13 +11,16 @@ tests check it against each node's INPUT_TYPES. Plain Python, no ComfyUI needed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+from restorer_core.atomic import write_text_atomic  # noqa: E402
 
 # Widget names in the order the frontend lays them out (required, then optional inputs), with
 # the extra widgets the frontend adds: "control_after_generate" after a seed, "upload" after
@@ -293,28 +296,16 @@ def to_api(nodes: list[Node]) -> dict:
     return out
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic write (temp file in the same folder, then replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def build_all(folder: Path = HERE) -> dict:
     """{name: (ui, api)} for every workflow."""
     return {name: (to_ui(make()), to_api(make())) for name, make in WORKFLOWS.items()}
 
 
 def main() -> None:
+    (HERE / "api").mkdir(exist_ok=True)
     for name, (ui, api) in build_all().items():
-        _write_json(HERE / f"{name}.json", ui)
-        _write_json(HERE / "api" / f"{name}.json", api)
+        write_text_atomic(HERE / f"{name}.json", json.dumps(ui, indent=2) + "\n")
+        write_text_atomic(HERE / "api" / f"{name}.json", json.dumps(api, indent=2) + "\n")
         print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 from ..models.config import RestorerConfig
 
@@ -36,14 +35,8 @@ def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_restorer(path, restorer, info: Optional[dict] = None, dtype: torch.dtype = torch.float16,

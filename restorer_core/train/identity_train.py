@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_path
 from ..identity import IdentityConfig, IdentityEmbedder, embedder_metadata
 from .dataset import FaceCache
 from .degrade import DegradationConfig, degrade, degrade_fixed
@@ -196,14 +196,8 @@ def embed_tensor(model: IdentityEmbedder, images_u8: torch.Tensor, batch: int = 
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def export_embedder(model: IdentityEmbedder, path: Path, extra: dict) -> None:
@@ -212,14 +206,8 @@ def export_embedder(model: IdentityEmbedder, path: Path, extra: dict) -> None:
 
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
              for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=embedder_metadata(model, extra))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _logger(out: Path) -> logging.Logger:

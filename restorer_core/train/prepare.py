@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+
+from ..atomic import atomic_path
 
 CACHE_FORMAT = "faces-cache/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -202,15 +203,9 @@ def write_cache(path: str | os.PathLike, arrays: dict[str, np.ndarray], overwrit
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path.stat().st_size
 
 

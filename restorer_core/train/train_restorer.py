@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_path
 from ..loaders.project_format import save_restorer
 from ..models.config import RestorerConfig, small_default_config
 from ..models.restorer import OneStepRestorer
@@ -149,9 +150,8 @@ class TrainStep(nn.Module):
 
 # --------------------------------------------------------------------------- checkpoints
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
