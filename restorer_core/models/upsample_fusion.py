@@ -9,8 +9,8 @@ phase, interleaved afterwards:
     K[a, b] = R[a] . W . R[b]^T         R[0] = [[1,0,0],[0,1,1]],  R[1] = [[1,1,0],[0,0,1]]
 
 That is 16 instead of 36 multiply-adds per input channel and output quad (4/9 of the FLOPs) and
-no 4x-sized upsampled copy of the input. In the SD VAE decoder at 512 px it removes ~0.39 of
-its 2.5 TFLOP per face. The four phases run as one convolution with 4x the output channels on
+no 4x-sized upsampled copy of the input. For the full-size InstantRestore model at 512 px it
+takes the FLOPs per face from 4,656 to 4,239 GFLOP (FlopCounterMode). The four phases run as one convolution with 4x the output channels on
 the input padded by one pixel; phase (a, b) is that output shifted by (a, b).
 
 Exact in real arithmetic; in fp16/bf16 the summed taps are rounded once (they are summed in
@@ -83,9 +83,10 @@ class PhaseUpsample2D(nn.Module):
             # an odd target size (UNet inputs not divisible by 8): the plain path
             return self.conv(F.interpolate(hidden_states, size=output_size, mode="nearest"))
         if hidden_states.is_cuda and not torch.compiler.is_compiling():
-            # Eager CUDA: the interleave is two strided copies of the 4x output, which cost more
-            # than the saved FLOPs (H100, batch 1: 48.4 vs 44.6 ms/face); compiled, Inductor
-            # fuses it into the next GroupNorm and the phase convs win. CPU: they win (-8%).
+            # Eager CUDA: the interleave is two strided copies of the 4x output; the eager
+            # CUDA-graph row with the phase convs (and wide-head attention) was slower (H100,
+            # batch 1: 48.4 vs 44.6 ms/face). Compiled, Inductor fuses the interleave and the
+            # phase convs win (15.1 vs 15.9 ms/face at batch 8); on the CPU they win (-9%).
             return self.conv(F.interpolate(hidden_states, scale_factor=2.0, mode="nearest"))
         return upsample_conv(hidden_states, self.phase_weight, self.phase_bias)
 
