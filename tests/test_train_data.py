@@ -327,3 +327,27 @@ def test_head_layout_helpers_match_the_loss_layout():
     assert torch.equal(k[:, 1, 2 * t + 5], keys[:, 2, 5, d:2 * d])
     q = split_heads(torch.randn(b, t, heads * d), heads)
     assert q.shape == (b, heads, t, d)
+
+
+def test_clean_samples_are_the_target_itself(cache):
+    ds = RestorationDataset(cache, "train", TrainDataConfig(clean_prob=1.0))
+    for i in range(5):
+        s = ds[i]
+        assert torch.equal(s["lq"], s["hq"])
+    degraded = RestorationDataset(cache, "train", TrainDataConfig(clean_prob=0.0))
+    assert not torch.equal(degraded[0]["lq"], degraded[0]["hq"])
+
+
+def test_wrong_references_come_from_another_training_person(cache):
+    ds = RestorationDataset(cache, "train", TrainDataConfig(wrong_ref_prob=1.0, no_ref_prob=0.0,
+                                                            degradation=_no_degradation()))
+    for i in range(len(ds)):
+        s = ds[i]
+        t, mask = int(s["index"]), s["ref_mask"].numpy()
+        refs = s["ref_index"].numpy()[mask]
+        assert bool(s["wrong_refs"]) == bool(mask.any()) and mask.any()
+        assert (cache.identity[refs] != cache.identity[t]).all()
+        assert (cache.split[refs] == SPLIT_TRAIN).all()
+        assert len(set(cache.identity[refs].tolist())) == 1  # one other person, not a mix
+    right = RestorationDataset(cache, "train", TrainDataConfig(wrong_ref_prob=0.0, no_ref_prob=0.0))
+    assert not any(bool(right[i]["wrong_refs"]) for i in range(len(right)))

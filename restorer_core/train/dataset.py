@@ -122,6 +122,11 @@ class TrainDataConfig:
     max_refs: int = 4
     no_ref_prob: float = 0.2  # so the restorer also learns the reference-free path
     flip_prob: float = 0.5
+    # the input is the clean target itself: the restorer learns to leave a clean face alone
+    clean_prob: float = 0.0
+    # references of another person (target unchanged): the restorer learns not to follow
+    # references that disagree with the input
+    wrong_ref_prob: float = 0.0
     seed: int = 0
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
 
@@ -152,10 +157,24 @@ class RestorationDataset(Dataset):
         self._draws += 1
         return np.random.default_rng([self.cfg.seed, self.epoch, torch.initial_seed(), idx, self._draws])
 
-    def pick_references(self, target: int, rng: np.random.Generator) -> np.ndarray:
-        """0..max_refs other crops of the target's identity (0 with probability no_ref_prob)."""
-        others = self.cache.by_identity[self.cache.identity[target]]
-        others = others[others != target]
+    def _split_identities(self) -> np.ndarray:
+        if not hasattr(self, "_identities"):
+            self._identities = np.unique(self.cache.identity[self.items])
+        return self._identities
+
+    def pick_references(self, target: int, rng: np.random.Generator, wrong: bool = False) -> np.ndarray:
+        """0..max_refs other crops of the target's identity (0 with probability no_ref_prob);
+        ``wrong``: crops of another identity of the same split instead."""
+        own = int(self.cache.identity[target])
+        if wrong:
+            ids = self._split_identities()
+            other = int(ids[rng.integers(len(ids))])
+            if other == own:
+                other = int(ids[(np.searchsorted(ids, own) + 1) % len(ids)])
+            others = self.cache.by_identity[other]
+        else:
+            others = self.cache.by_identity[own]
+            others = others[others != target]
         if len(others) == 0 or rng.random() < self.cfg.no_ref_prob:
             return others[:0]
         k = int(rng.integers(1, min(self.cfg.max_refs, len(others)) + 1))
@@ -164,7 +183,9 @@ class RestorationDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         rng = self._rng(idx)
         target = int(self.items[idx])
-        ref_idx = self.pick_references(target, rng)
+        wrong = rng.random() < self.cfg.wrong_ref_prob
+        clean = rng.random() < self.cfg.clean_prob
+        ref_idx = self.pick_references(target, rng, wrong)
         flip = rng.random() < self.cfg.flip_prob
         s = self.cache.crop_size
 
@@ -176,8 +197,11 @@ class RestorationDataset(Dataset):
             hq, lm = flip_image(hq), flip_landmarks(lm, s)
             refs = [flip_image(r) for r in refs]
             ref_lm = flip_landmarks(ref_lm, s)
-        lq = degrade(hq, rng, self.cfg.degradation)
-        return pack_sample(hq, lq, refs, lm, ref_lm, self.cfg.max_refs, int(self.cache.identity[target]), target, ref_idx)
+        lq = hq.copy() if clean else degrade(hq, rng, self.cfg.degradation)
+        sample = pack_sample(hq, lq, refs, lm, ref_lm, self.cfg.max_refs, int(self.cache.identity[target]),
+                             target, ref_idx)
+        sample["wrong_refs"] = torch.tensor(bool(wrong and len(ref_idx)))
+        return sample
 
 
 def pack_sample(
