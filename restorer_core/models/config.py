@@ -44,6 +44,9 @@ class RestorerConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prompt_tokens: int = 77
+    # reference-identity channel (models/ref_identity.py): {"tokens": T} appends T tokens made from
+    # the references' face-ID embeddings to the prompt when references are used; None: absent
+    ref_id: Optional[dict] = None
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +56,8 @@ class RestorerConfig:
             raise ValueError(f"latent_sample must be one of {LATENT_SAMPLING}, got {self.latent_sample!r}")
         if not 0 <= self.timestep < self.num_train_timesteps:
             raise ValueError(f"timestep {self.timestep} outside [0, {self.num_train_timesteps})")
+        if self.ref_id is not None and int(self.ref_id.get("tokens", 0)) < 1:
+            raise ValueError(f"ref_id needs a positive 'tokens' count, got {self.ref_id!r}")
         if self.freeu is not None:
             self.freeu = tuple(float(v) for v in self.freeu)
             if len(self.freeu) != 4:

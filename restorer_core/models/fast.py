@@ -280,7 +280,8 @@ class FastRestorer:
             self._timestep = t
         return t
 
-    def prepare(self, lq: torch.Tensor, use_vp: bool, generator=None) -> dict:
+    def prepare(self, lq: torch.Tensor, use_vp: bool, generator=None,
+                refs: Optional[ReferenceKV] = None) -> dict:
         """Core inputs for a batch, drawing random numbers exactly like forward() does."""
         r, cfg = self.restorer, self.config
         x = lq.to(r.device, r.dtype) * 2 - 1
@@ -293,7 +294,8 @@ class FastRestorer:
         if cfg.add_noise:
             time_noise = randn_tensor(shape, generator=generator, device=r.device, dtype=r.dtype)
         return dict(x=x, sample_noise=sample_noise, time_noise=time_noise,
-                    context=r.prompt(x, use_vp).contiguous(), timestep=self._timestep_tensor())
+                    context=r.with_reference_tokens(r.prompt(x, use_vp), refs).contiguous(),
+                    timestep=self._timestep_tensor())
 
     @torch.no_grad()
     def __call__(self, lq: torch.Tensor, refs: Optional[ReferenceKV] = None, mode: str = "auto",
@@ -303,7 +305,7 @@ class FastRestorer:
         refs = refs if use_refs else None
         if refs is not None and refs.keys[0].device != r.device:
             refs = refs.to(r.device)
-        inputs = self.prepare(lq, use_vp, generator)
+        inputs = self.prepare(lq, use_vp, generator, refs)
         graphable = refs is None or refs.mask is None or bool(refs.mask.all())
         if self.speed.cuda_graph and r.device.type == "cuda" and graphable:
             if refs is not None and refs.mask is not None:

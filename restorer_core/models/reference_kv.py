@@ -20,6 +20,9 @@ class ReferenceKV:
     keys: list
     values: list
     mask: Optional[torch.Tensor] = None  # [Bk, R] bool, None = all references valid
+    # [Bk, R, D] face-ID embedding of each reference, for restorers with a reference-identity
+    # channel (RestorerConfig.ref_id); None otherwise
+    identity: Optional[torch.Tensor] = None
 
     @property
     def num_refs(self) -> int:
@@ -28,16 +31,18 @@ class ReferenceKV:
     def to(self, device=None, dtype=None) -> "ReferenceKV":
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         mask = self.mask.to(device) if self.mask is not None else None
+        identity = self.identity.to(device) if self.identity is not None else None
         return ReferenceKV(list(self.layers), [move(k) for k in self.keys],
-                           [move(v) for v in self.values], mask)
+                           [move(v) for v in self.values], mask, identity)
 
     def select(self, index: torch.Tensor) -> "ReferenceKV":
         """Rows of a per-face (Bk = B) set, e.g. to follow a sub-batch."""
         if self.keys and self.keys[0].shape[0] == 1:
             return self
         mask = self.mask[index] if self.mask is not None else None
+        identity = self.identity[index] if self.identity is not None else None
         return ReferenceKV(list(self.layers), [k[index] for k in self.keys],
-                           [v[index] for v in self.values], mask)
+                           [v[index] for v in self.values], mask, identity)
 
     def state_dict(self) -> dict:
         """Flat tensor dict for safetensors (layer order kept by an index)."""
@@ -47,6 +52,8 @@ class ReferenceKV:
             out[f"{i:03d}.values"] = v.contiguous()
         if self.mask is not None:
             out["mask"] = self.mask.to(torch.uint8).contiguous()
+        if self.identity is not None:
+            out["identity"] = self.identity.contiguous()
         return out
 
     @classmethod
@@ -54,4 +61,4 @@ class ReferenceKV:
         keys = [tensors[f"{i:03d}.keys"] for i in range(len(layers))]
         values = [tensors[f"{i:03d}.values"] for i in range(len(layers))]
         mask = tensors["mask"].bool() if "mask" in tensors else None
-        return cls(list(layers), keys, values, mask)
+        return cls(list(layers), keys, values, mask, tensors.get("identity"))

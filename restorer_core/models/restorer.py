@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import vae_io
 from .attention import RecordingDone, ReferenceContext, install_processors
 from .config import RestorerConfig
+from .ref_identity import ReferenceIdentityTokens, pooled_identity
 from .reference_kv import ReferenceKV
 from .schedule import add_noise, alphas_cumprod, predict_x0
 
@@ -55,6 +56,14 @@ class OneStepRestorer(nn.Module):
             from .vre import VisualPromptEmbedder
 
             self.vre = VisualPromptEmbedder(**config.vre)
+        self.face_id = self.ref_id_proj = None
+        if config.ref_id is not None:
+            from ..face_id import load_face_id
+
+            # frozen face-recognition network; its weights travel in the restorer's file
+            self.face_id = load_face_id().eval().requires_grad_(False)
+            self.ref_id_proj = ReferenceIdentityTokens(
+                self.face_id.embedding_dim, config.ref_id["tokens"], config.cross_attention_dim)
         self.prompt_embeds = nn.Parameter(
             torch.zeros(1, config.prompt_tokens, config.cross_attention_dim), requires_grad=False)
         # Not a buffer: .half()/.to(bf16) must never round the schedule (bf16 makes alpha_bar[1] == 1).
@@ -138,6 +147,16 @@ class OneStepRestorer(nn.Module):
             return self.vre(x).to(x.dtype)
         return self.prompt_embeds.to(x.dtype).expand(x.shape[0], -1, -1)
 
+    def with_reference_tokens(self, context: torch.Tensor, refs: Optional[ReferenceKV]) -> torch.Tensor:
+        """The prompt with the reference-identity tokens appended, when this restorer has that
+        channel and references are used; the prompt unchanged otherwise."""
+        if self.ref_id_proj is None or refs is None or refs.identity is None:
+            return context
+        tokens = self.ref_id_proj(pooled_identity(refs.identity, refs.mask)).to(context.dtype)
+        if tokens.shape[0] != context.shape[0]:
+            tokens = tokens.expand(context.shape[0], -1, -1)
+        return torch.cat([context, tokens], dim=1)
+
     # ----------------------------------------------------------------------------- references
     def offload_reference_networks(self, device="cpu") -> bool:
         """Keep InstantRestore's separate reference UNet and VAE on `device` (the CPU) between
@@ -197,13 +216,17 @@ class OneStepRestorer(nn.Module):
                 pass
             finally:
                 ctx.mode, ctx.record_limit = "off", 0
+        identity = None
+        if self.face_id is not None:
+            emb = self.face_id(((flat + 1) / 2).to(next(self.face_id.parameters()).dtype))
+            identity = emb.reshape(bk, r, -1).to(self.dtype)
         recorded, ctx.recorded = ctx.recorded, {}
         keys, values = [], []
         for layer in self.reference_sites:
             k, v = recorded[layer]
             keys.append(k.reshape(bk, r, *k.shape[1:]))
             values.append(v.reshape(bk, r, *v.shape[1:]))
-        return ReferenceKV(list(self.reference_sites), keys, values, mask)
+        return ReferenceKV(list(self.reference_sites), keys, values, mask, identity)
 
     @contextlib.contextmanager
     def _injecting(self, refs: Optional[ReferenceKV]):
@@ -239,6 +262,7 @@ class OneStepRestorer(nn.Module):
         z_t = self._noise(z, t, generator) if cfg.add_noise else z
         if context is None:
             context = self.prompt(x, use_vp)
+        context = self.with_reference_tokens(context, refs if use_refs else None)
         with self._injecting(refs if use_refs else None):
             eps = self.unet(z_t, t, encoder_hidden_states=context).sample
         x0 = predict_x0(z_t, eps, self.alphas_cumprod[t], cfg.x0_in_float64)
