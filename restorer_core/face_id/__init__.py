@@ -1,0 +1,90 @@
+"""Face recognition for identity loss and face similarity: MobileFaceNet on the project's crops.
+
+    from restorer_core.face_id import load_face_id, similarity
+    net = load_face_id()            # frozen, eval mode, shipped weights
+    emb = net(crops)                # crops: [B, 3, S, S] FFHQ-aligned RGB 0..1, any S -> [B, 192]
+    cos = similarity(emb_a, emb_b)  # [N, M] cosine similarities
+
+The embedder warps the FFHQ-aligned crops to the ArcFace 112 px framing (warp.py) and runs
+MobileFaceNet (mobilefacenet.py, converted from TF.js by convert.py). Differentiable in its input.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelNotFoundError
+from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, load_mobilefacenet, save_face_id
+from .warp import ARCFACE_TEMPLATE_112, ffhq_to_arcface_matrix, warp_ffhq_to_arcface
+
+DEFAULT_FACE_ID_PATH = Path(__file__).resolve().parent.parent / "assets" / "models" / "mobilefacenet.safetensors"
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112", "DEFAULT_FACE_ID_PATH", "FACE_ID_FORMAT", "FaceIdEmbedder", "MobileFaceNet",
+    "embed_crops", "ffhq_to_arcface_matrix", "load_face_id", "save_face_id", "similarity", "warp_ffhq_to_arcface",
+]
+
+
+class FaceIdEmbedder(nn.Module):
+    """FFHQ-aligned crops [B, 3, S, S] RGB in 0..1 -> L2-normalised float32 embeddings [B, D]."""
+
+    def __init__(self, net: MobileFaceNet):
+        super().__init__()
+        self.net = net
+        self.embedding_dim = net.embedding_dim
+        self.input_size = net.input_size
+
+    def to_network_input(self, crops: torch.Tensor) -> torch.Tensor:
+        """The ArcFace-aligned 112 px crops the network sees (differentiable warp)."""
+        if crops.ndim != 4 or crops.shape[1] != 3:
+            raise ValueError(f"FaceIdEmbedder expects [B, 3, S, S] RGB crops in 0..1, got {tuple(crops.shape)}")
+        return warp_ffhq_to_arcface(crops, self.input_size)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(self.to_network_input(crops)).float(), dim=-1)
+
+
+def load_face_id(
+    path: Optional[Union[str, os.PathLike]] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FaceIdEmbedder:
+    """The frozen, eval-mode embedder from a converted file (default: the shipped MobileFaceNet)."""
+    path = Path(path) if path is not None else DEFAULT_FACE_ID_PATH
+    if not path.is_file() and path == DEFAULT_FACE_ID_PATH:
+        raise ModelNotFoundError(
+            f"the shipped face-ID network {path} is missing; reinstall the pack or convert it with "
+            "python -m restorer_core.face_id.convert --json mobilefacenet.json --out " + str(path)
+        )
+    net = load_mobilefacenet(path)
+    return FaceIdEmbedder(net).to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def similarity(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor, np.ndarray]):
+    """Pairwise cosine similarity of embeddings a [N, D] and b [M, D] -> [N, M] (type of a)."""
+    if isinstance(a, np.ndarray):
+        a2 = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+        b = np.asarray(b)
+        b2 = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+        return a2 @ b2.T
+    b = torch.as_tensor(b, device=a.device, dtype=a.dtype)
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+@torch.no_grad()
+def embed_crops(model: FaceIdEmbedder, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Embeddings [N, D] float32 of FFHQ-aligned crops [N, S, S, 3] (uint8, or float in 0..1)."""
+    p = next(model.parameters())
+    out = []
+    for i in range(0, len(crops), batch_size):
+        chunk = np.asarray(crops[i:i + batch_size])
+        x = torch.from_numpy(chunk.astype(np.float32) / (255.0 if chunk.dtype == np.uint8 else 1.0))
+        out.append(model(x.permute(0, 3, 1, 2).to(p.device, p.dtype)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.embedding_dim), np.float32)
