@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +30,8 @@ from ..loaders.project_format import save_restorer
 from ..models.config import RestorerConfig, small_default_config
 from ..models.restorer import OneStepRestorer
 from .dataset import FaceCache, RestorationDataset, TrainDataConfig, ValidationDataset, build_validation_set
+from .degrade import DegradationConfig
+from .gan import MultiScaleDiscriminator, d_hinge_loss, feature_matching_loss, g_hinge_loss
 from .losses import landmark_attention_loss, ssim, ssim_loss
 
 
@@ -37,9 +39,11 @@ from .losses import landmark_attention_loss, ssim, ssim_loss
 class LossWeights:
     l1: float = 1.0
     ssim: float = 0.5
-    identity: float = 0.2
+    identity: float = 1.0  # 1 - cos of the face-ID embeddings of the output and the target
     landmark: float = 0.1
     vq: float = 0.25
+    adversarial: float = 0.05  # generator hinge loss against the patch discriminator
+    feature_matching: float = 0.5  # L1 between the discriminator's features of output and target
 
 
 @dataclass
@@ -59,10 +63,18 @@ class TrainConfig:
     val_every: int = 1000
     val_samples: int = 96
     seed: int = 0
-    identity_weights: Optional[str] = None
+    identity_weights: Optional[str] = None  # None: the restorer's own face-ID network (or the shipped one)
     mixed_precision: str = "bf16"
     resolution: int = 128
     log_every: int = 50
+    init: Optional[str] = None  # a project-format restorer to start from (new parts start fresh)
+    ref_id_tokens: int = 4  # reference-identity channel width (0: no channel)
+    d_lr: float = 2e-4
+    gan_warmup_steps: int = 300  # adversarial weights ramp from 0 over these steps
+    clean_prob: float = 0.08
+    wrong_ref_prob: float = 0.1
+    min_scale: float = 3.0  # training downsampling range, log-uniform (severe degradations)
+    max_scale: float = 16.0
     weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -102,13 +114,16 @@ def setup_distributed() -> tuple:
 class TrainStep(nn.Module):
     """One forward of the training objective, so DDP sees every parameter through `forward`."""
 
-    def __init__(self, model: OneStepRestorer, identity: Optional[nn.Module], cfg: TrainConfig):
+    def __init__(self, model: OneStepRestorer, identity: Optional[nn.Module], cfg: TrainConfig,
+                 discriminator: Optional[nn.Module] = None):
         super().__init__()
         self.model = model
         self.identity = identity
         self.cfg = cfg
+        # not a submodule: its parameters belong to the discriminator's own optimiser (and DDP)
+        self._disc = [discriminator]
 
-    def forward(self, batch: dict, use_constant_prompt: bool) -> dict:
+    def forward(self, batch: dict, use_constant_prompt: bool, gan_scale: float = 1.0) -> dict:
         m, w = self.model, self.cfg.weights
         hq, lq = batch["hq"], batch["lq"]
         has_refs = bool(batch["ref_mask"].any())
@@ -138,13 +153,19 @@ class TrainStep(nn.Module):
                 with torch.no_grad():
                     e_t = self.identity(hq)
                 e_p = self.identity(out)
-                losses["identity"] = (1 - (e_p * e_t).sum(-1)).mean()
+                losses["identity"] = (1 - (e_p.float() * e_t.float()).sum(-1)).mean()
             if queries:
                 losses["landmark"] = landmark_attention_loss(
                     [q.float() for q in queries], [k.float() for k in keys], batch["landmarks"],
                     batch["ref_landmarks"], batch["ref_mask"], hq.shape[-1])
+            disc = self._disc[0]
+            if disc is not None and gan_scale > 0:
+                fake, real = disc(out), disc(hq)
+                losses["adversarial"] = g_hinge_loss(fake) * gan_scale
+                losses["feature_matching"] = feature_matching_loss(real, fake) * gan_scale
             total = sum(getattr(w, k) * v for k, v in losses.items())
         losses["total"] = total
+        losses["restored"] = out.detach()
         return losses
 
 
@@ -162,8 +183,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: OneStepRestorer, vset, device, n: int) -> dict:
-    """PSNR/SSIM on the fixed validation set at x4 and x8, with 4 references and without."""
+def evaluate(model: OneStepRestorer, vset, device, n: int, identity: Optional[nn.Module] = None) -> dict:
+    """PSNR/SSIM on the fixed validation set at x4 and x8: with 4 references, without, and with
+    another validation person's 4 references; plus the face-ID cosine to the target when an
+    identity network is given (how much the references move identity)."""
     model.eval()
     out = {}
     for scale in (4, 8):
@@ -172,15 +195,40 @@ def evaluate(model: OneStepRestorer, vset, device, n: int) -> dict:
         batch = torch.utils.data.default_collate([ds[i] for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
         refs = model.encode_references(batch["refs"], batch["ref_mask"])
-        for name, kv in (("refs4", refs), ("norefs", None)):
+        wrong = model.encode_references(batch["refs"].roll(1, 0), batch["ref_mask"].roll(1, 0))
+        e_t = identity(batch["hq"]).float() if identity is not None else None
+        for name, kv in (("refs4", refs), ("norefs", None), ("wrongrefs", wrong)):
             pred = model(batch["lq"], kv, mode="auto").float()
             mse = ((pred - batch["hq"]) ** 2).flatten(1).mean(1).clamp(min=1e-10)
             out[f"x{scale}_{name}_psnr"] = float((10 * torch.log10(1 / mse)).mean())
             out[f"x{scale}_{name}_ssim"] = float(ssim(pred, batch["hq"]).mean())
+            if e_t is not None:
+                out[f"x{scale}_{name}_id"] = float((identity(pred).float() * e_t).sum(-1).mean())
         out[f"x{scale}_lq_psnr"] = float((10 * torch.log10(1 / ((batch["lq"] - batch["hq"]) ** 2)
                                                             .flatten(1).mean(1))).mean())
+        if e_t is not None:
+            out[f"x{scale}_lq_id"] = float((identity(batch["lq"]).float() * e_t).sum(-1).mean())
     model.train()
     return out
+
+
+def build_model(cfg: TrainConfig, device) -> OneStepRestorer:
+    """The restorer to train: the small default architecture (+ the reference-identity channel),
+    started from ``cfg.init`` when given (parts the file lacks keep their fresh initialisation)."""
+    rconf: RestorerConfig = small_default_config(cfg.resolution)
+    if cfg.ref_id_tokens > 0:
+        rconf.ref_id = {"tokens": int(cfg.ref_id_tokens)}
+    model = OneStepRestorer(rconf)
+    if cfg.init:
+        from ..loaders.project_format import load_restorer
+
+        start = load_restorer(cfg.init).state_dict()
+        own = model.state_dict()
+        shared = {k: v for k, v in start.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(shared, strict=False)
+        fresh = sorted({k.split(".")[0] for k in own if k not in shared})
+        print(f"initialised from {cfg.init}: {len(shared)} tensors; fresh: {fresh}", flush=True)
+    return model.to(device)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -194,19 +242,26 @@ def train(cfg: TrainConfig) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    rconf: RestorerConfig = small_default_config(cfg.resolution)
-    model = OneStepRestorer(rconf).to(device)
+    model = build_model(cfg, device)
     model.prompt_embeds.requires_grad_(True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
 
     identity = None
-    if cfg.identity_weights and cfg.weights.identity > 0:
-        from ..identity import load_identity_embedder
+    if cfg.weights.identity > 0:
+        from ..face_id import load_face_id
 
-        identity = load_identity_embedder(cfg.identity_weights).to(device).eval().requires_grad_(False)
+        if cfg.identity_weights or model.face_id is None:
+            identity = load_face_id(cfg.identity_weights)
+        else:
+            identity = model.face_id
+        identity = identity.to(device).eval().requires_grad_(False)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    use_gan = cfg.weights.adversarial > 0 or cfg.weights.feature_matching > 0
+    disc = MultiScaleDiscriminator().to(device) if use_gan else None
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.99), weight_decay=0.0) \
+        if use_gan else None
     step, elapsed_total = 0, 0.0
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
@@ -214,20 +269,27 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
+        if use_gan and "disc" in state:
+            disc.load_state_dict(state["disc"])
+            d_opt.load_state_dict(state["d_opt"])
         step, elapsed_total = int(state["step"]), float(state["elapsed"])
         if rank == 0:
             print(f"resumed from {ckpt_path} at step {step} ({elapsed_total / 60:.1f} min trained)")
 
-    step_fn = TrainStep(model, identity, cfg)
+    step_fn = TrainStep(model, identity, cfg, disc)
+    disc_step = disc
     if world > 1:
-        step_fn = nn.parallel.DistributedDataParallel(
-            step_fn, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+        ids = [device.index] if device.type == "cuda" else None
+        step_fn = nn.parallel.DistributedDataParallel(step_fn, device_ids=ids, find_unused_parameters=True)
+        if use_gan:
+            disc_step = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
 
     cache = FaceCache.load(cfg.data)
     if cache.crop_size != cfg.resolution:
         raise ValueError(f"{cfg.data} holds {cache.crop_size}px crops; this run trains at {cfg.resolution}px")
-    dcfg = TrainDataConfig(seed=cfg.seed + 1000 * (step // 1000) + rank)
+    dcfg = TrainDataConfig(seed=cfg.seed + 1000 * (step // 1000) + rank, clean_prob=cfg.clean_prob,
+                           wrong_ref_prob=cfg.wrong_ref_prob,
+                           degradation=DegradationConfig(scale=(cfg.min_scale, cfg.max_scale)))
     dataset = RestorationDataset(cache, "train", dcfg)
     vset = build_validation_set(cache, scales=(4, 8), num_refs=4, seed=1234) if rank == 0 else None
     g = torch.Generator().manual_seed(cfg.seed + step + 7919 * rank)
@@ -245,8 +307,9 @@ def train(cfg: TrainConfig) -> dict:
     def save_checkpoint() -> None:
         if rank != 0:
             return
+        extra = {"disc": disc.state_dict(), "d_opt": d_opt.state_dict()} if use_gan else {}
         _atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(),
-                            "opt": opt.state_dict(), "step": step,
+                            "opt": opt.state_dict(), "step": step, **extra,
                             "elapsed": elapsed_total + time.time() - t_start,
                             "config": json.dumps(asdict(cfg), default=str)}, ckpt_path)
 
@@ -257,12 +320,27 @@ def train(cfg: TrainConfig) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         constant = bool(torch.rand((), generator=rng) < cfg.constant_prompt_prob)
+        gan_scale = min(1.0, step / max(1, cfg.gan_warmup_steps)) if use_gan else 0.0
+        if use_gan:
+            disc.requires_grad_(False)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            losses = step_fn(batch, constant)
+            losses = step_fn(batch, constant, gan_scale)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        restored = losses.pop("restored")
+        if use_gan:
+            disc.requires_grad_(True)
+            n = batch["hq"].shape[0]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                # one forward over real and restored faces: DDP expects one forward per backward
+                both = disc_step(torch.cat([batch["hq"], restored.to(batch["hq"].dtype)]))
+            d_loss = d_hinge_loss([(lg[:n], []) for lg, _ in both], [(lg[n:], []) for lg, _ in both])
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+            losses["disc"] = d_loss.detach()
         with torch.no_grad():
             d = min(cfg.ema_decay, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -279,7 +357,7 @@ def train(cfg: TrainConfig) -> dict:
                 f.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), flush=True)
         if rank == 0 and step % cfg.val_every == 0:
-            metrics = evaluate(ema, vset, device, cfg.val_samples)
+            metrics = evaluate(ema, vset, device, cfg.val_samples, identity)
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step, "val": metrics}) + "\n")
             print("val", json.dumps(metrics), flush=True)
@@ -292,7 +370,7 @@ def train(cfg: TrainConfig) -> dict:
     save_checkpoint()
     summary = {}
     if rank == 0:
-        metrics = evaluate(ema, vset, device, cfg.val_samples)
+        metrics = evaluate(ema, vset, device, cfg.val_samples, identity)
         summary = {"step": step, "minutes_trained": (elapsed_total + time.time() - t_start) / 60,
                    "world_size": world, "device": torch.cuda.get_device_name(device)
                    if device.type == "cuda" else "cpu", "val": metrics, "config": asdict(cfg)}
@@ -323,8 +401,20 @@ def main(argv=None) -> None:
     p.add_argument("--identity", dest="identity_weights", default=None)
     p.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items()})
+    p.add_argument("--init", default=None, help="project-format restorer to start from")
+    p.add_argument("--ref-id-tokens", type=int, default=TrainConfig.ref_id_tokens)
+    p.add_argument("--d-lr", type=float, default=TrainConfig.d_lr)
+    p.add_argument("--gan-warmup-steps", type=int, default=TrainConfig.gan_warmup_steps)
+    p.add_argument("--clean-prob", type=float, default=TrainConfig.clean_prob)
+    p.add_argument("--wrong-ref-prob", type=float, default=TrainConfig.wrong_ref_prob)
+    p.add_argument("--min-scale", type=float, default=TrainConfig.min_scale)
+    p.add_argument("--max-scale", type=float, default=TrainConfig.max_scale)
+    for f in fields(LossWeights):
+        p.add_argument(f"--w-{f.name.replace('_', '-')}", dest=f"w_{f.name}", type=float, default=f.default,
+                       help=f"weight of the {f.name} loss")
+    a = vars(p.parse_args(argv))
+    weights = LossWeights(**{f.name: a.pop(f"w_{f.name}") for f in fields(LossWeights)})
+    cfg = TrainConfig(**a, weights=weights)
     train(cfg)
 
 
