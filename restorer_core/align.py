@@ -234,7 +234,3 @@ def landmarks_in_crop(face: AlignedFace) -> np.ndarray:
     """The face's detected landmarks in its crop's coordinates."""
     return transform_points(face.landmarks, face.matrix)
 
-
-def crop_box_in_image(face: AlignedFace, margin: int = 0) -> tuple[int, int, int, int]:
-    """Integer bounding box (x0, y0, x1, y1) of the crop square mapped into the image, unclipped."""
-    return _preimage_box(face.matrix, (face.crop_size, face.crop_size), margin)

@@ -155,8 +155,8 @@ def load_any_restorer(spec: Optional[PathLike] = None, base: Optional[PathLike] 
         from .loaders.osdface import load_osdface
 
         model = load_osdface(path, Path(base), device=dev, dtype=dt)
-    model.model_kind = kind
-    model.model_path = str(path)
+    model.source.kind = kind
+    model.source.path = str(path)
     return model.eval()
 
 
@@ -164,13 +164,13 @@ def describe_model(restorer: Any) -> dict:
     """JSON-able summary for run reports."""
     cfg = restorer.config
     return {
-        "kind": getattr(restorer, "model_kind", "custom"),
-        "path": getattr(restorer, "model_path", getattr(restorer, "source_path", None)),
+        "kind": restorer.source.kind,
+        "path": restorer.source.path,
         "method": cfg.method,
         "resolution": cfg.resolution,
         "visual_prompt": cfg.vre is not None,
         "weights_sha256": restorer.weight_hash(),
         "device": str(restorer.device),
         "dtype": str(restorer.dtype).replace("torch.", ""),
-        "info": getattr(restorer, "info", {}),
+        "info": restorer.source.info,
     }

@@ -53,7 +53,7 @@ class PeftStyle(nn.Module):
 
 def test_every_key_maps_and_lora_is_fused(ir):
     fx, restorer = ir
-    rep = restorer.load_report
+    rep = restorer.source.load_report
     for part, attr in (("unet", "unet"), ("vae", "vae"), ("original_unet", "ref_unet"), ("original_vae", "ref_vae")):
         assert rep.loaded[part] == len(getattr(restorer, attr).state_dict())
     assert rep.lora_fused == {"unet": len(fx.unet.layers), "vae": len(fx.vae.layers),
@@ -223,7 +223,7 @@ def test_inert_reading_neutralises_python_objects(tmp_path):
 def test_osdface_folder_loads_fused(tmp_path, old_names):
     fx = build_osdface(tmp_path / "pretrained", tmp_path / "sd21_base.safetensors", old_lora_names=old_names)
     restorer = load_osdface(fx.folder, tmp_path / "sd21_base.safetensors", config=tiny_config("osdface"))
-    rep = restorer.load_report
+    rep = restorer.source.load_report
     assert rep.lora_fused["unet"] == len(fx.lora) > 0
     assert rep.loaded["visual prompt embedder"] == len(restorer.vre.state_dict())
     # LoRA (scale 16/16 = 1) folded into the attention projections, plain math
@@ -328,7 +328,7 @@ def test_convert_instantrestore_round_trips_through_project_format(tmp_path, ir)
     fx, restorer = ir
     out = convert_instantrestore(fx.path, tmp_path / "ir.safetensors", dtype=torch.float32, config=tiny_config())
     again = load_restorer(out)
-    assert again.info["converted_from"] == "instantrestore-official"
+    assert again.source.info["converted_from"] == "instantrestore-official"
     for k, v in restorer.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
     lq = torch.rand(1, 3, 32, 32)

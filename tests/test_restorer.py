@@ -592,12 +592,16 @@ def test_modes_resolve():
     ir = build(tiny_config("instantrestore"))
     with torch.no_grad():
         kv = hybrid.encode_references(faces(1, 35))
-    assert hybrid.resolve_mode("auto", kv) == (True, True)
-    assert hybrid.resolve_mode("auto", None) == (False, True)
-    assert hybrid.resolve_mode("references", kv) == (True, False)
-    assert hybrid.resolve_mode("visual_prompt", kv) == (False, True)
-    assert hybrid.resolve_mode("none", kv) == (False, False)
-    assert ir.resolve_mode("auto", None) == (False, False)
+    def used(model, mode, refs):
+        cond = model.conditioning(mode, refs)
+        return cond.use_references, cond.use_visual_prompt
+
+    assert used(hybrid, "auto", kv) == (True, True)
+    assert used(hybrid, "auto", None) == (False, True)
+    assert used(hybrid, "references", kv) == (True, False)
+    assert used(hybrid, "visual_prompt", kv) == (False, True)
+    assert used(hybrid, "none", kv) == (False, False)
+    assert used(ir, "auto", None) == (False, False)
     lq = faces(1, 36)
     with torch.no_grad():
         vp_only = hybrid(lq, kv, mode="visual_prompt")
@@ -674,7 +678,11 @@ def test_fast_restorer_channels_last_keeps_the_output():
     with torch.no_grad():
         kv = model.encode_references(faces(2, 43), generator=gen(1))
         expected = model(lq, kv, generator=gen(2))
-    fast = FastRestorer(model, SpeedConfig(channels_last=True))
+    speed = SpeedConfig(channels_last=True)
+    with pytest.raises(ValueError, match="apply_to"):  # the wrapper never changes the model itself
+        FastRestorer(model, speed)
+    speed.apply_to(model)
+    fast = FastRestorer(model, speed)
     assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     close(fast(lq, kv, generator=gen(2)), expected, 1e-5)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -726,7 +734,7 @@ def test_phase_upsample_is_upsample_then_conv(channels_last, out_channels):
 
 
 def test_fused_upsample_restorer_keeps_output_hash_and_state_dict():
-    from restorer_core.models.fast import FastRestorer, SpeedConfig
+    from restorer_core.models.fast import SpeedConfig, speed_up
     from restorer_core.models.upsample_fusion import PhaseUpsample2D, fuse_upsample_convs
 
     model = build(tiny_config("instantrestore"))
@@ -735,7 +743,7 @@ def test_fused_upsample_restorer_keeps_output_hash_and_state_dict():
     with torch.no_grad():
         kv = model.encode_references(faces(2, 46), generator=gen(1))
         expected = model(lq, kv, generator=gen(2))
-    fast = FastRestorer(model, SpeedConfig(fuse_upsample=True))
+    fast = speed_up(model, SpeedConfig(fuse_upsample=True))
     fused = [m for m in model.modules() if isinstance(m, PhaseUpsample2D)]
     # every up block of both UNets and of the VAE decoder(s)
     assert len(fused) >= len(model.config.unet["block_out_channels"]) - 1 + len(model.config.vae["block_out_channels"]) - 1
@@ -779,23 +787,24 @@ def test_weights_key_ignores_the_reference_networks():
     assert weights_key(model) != before
 
 
-def test_restore_core_traces_as_one_graph():
-    """torch.compile sees the whole core (encode, noise, UNet with reference attention, x0,
+def test_restore_step_traces_as_one_graph():
+    """torch.compile sees the whole restore step (encode, noise, UNet with reference attention, x0,
     decode) as one graph: no host reads (a graph break, and a sync that breaks CUDA graph
     capture when the schedule lives on the GPU)."""
-    from restorer_core.models.fast import FastRestorer, SpeedConfig, restore_core
+    from restorer_core.models.fast import FastRestorer, SpeedConfig, run_step
 
     from restorer_core.models.schedule import alphas_cumprod
 
     with torch.device("meta"):  # a default-device context (as when building on the GPU)
         assert alphas_cumprod().device.type == "cpu"
     model = build(tiny_config("instantrestore"))
+    model.fuse_upsample()
     fast = FastRestorer(model, SpeedConfig(fuse_upsample=True))
     with torch.no_grad():
         kv = model.encode_references(faces(2, 41), generator=gen(1))
         inputs = fast.prepare(faces(2, 40), False, gen(2))
-        with model._injecting(kv):
-            explained = torch._dynamo.explain(restore_core)(model, **inputs)
+        with model.references_installed(kv):
+            explained = torch._dynamo.explain(run_step)(model, **inputs)
     assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
     assert explained.graph_count == 1
 
@@ -822,3 +831,59 @@ def test_wide_head_attention_equals_sdpa():
         assert torch.equal(attn(x), expected)  # on the CPU: SDPA as before
         attn.processor.devices = ("cpu", "cuda")
         close(attn(x), expected, 1e-5)
+
+
+def _model_state(model) -> tuple:
+    """Everything a speed wrapper could change: module types, attention processors, weight
+    storage and layout, the speed settings."""
+    types = tuple((n, type(m).__name__) for n, m in model.named_modules())
+    procs = tuple((n, type(m.processor).__name__) for n, m in model.named_modules() if hasattr(m, "processor"))
+    weights = tuple((n, t.data_ptr(), t.stride(), t.dtype) for n, t in model.state_dict().items())
+    return types, procs, weights, tuple(sorted(model.speed_settings().items()))
+
+
+@pytest.mark.parametrize("speed_kwargs", [dict(), dict(cuda_graph=True), dict(compile_mode="default")])
+def test_wrapping_for_speed_leaves_the_callers_model_alone(speed_kwargs):
+    """FastRestorer only changes how restore_step runs: the model a caller holds is the same
+    object in the same state after wrapping and restoring (compile: only wrapped, not run here)."""
+    from restorer_core.models.fast import FastRestorer, SpeedConfig
+    from restorer_core.pipeline import make_runner
+
+    model = build(tiny_config("instantrestore"))
+    before = _model_state(model)
+    fast = FastRestorer(model, SpeedConfig(**speed_kwargs))
+    assert fast.restorer is model and _model_state(model) == before
+    if not speed_kwargs.get("compile_mode"):
+        with torch.no_grad():
+            kv = model.encode_references(faces(2, 47), generator=gen(1))
+            fast(faces(2, 48), kv, generator=gen(2))
+        assert _model_state(model) == before
+    assert make_runner(model, "eager") is model and _model_state(model) == before
+
+
+def test_speed_up_methods_are_reversible():
+    """fuse_upsample / set_attention_backend / set_channels_last change how the model computes
+    (same function) and undo exactly: the original modules, processors and layout come back."""
+    model = build(tiny_config("instantrestore"))
+    before = _model_state(model)
+    lq = faces(2, 49)
+    with torch.no_grad():
+        kv = model.encode_references(faces(2, 50), generator=gen(1))
+        expected = model(lq, kv, generator=gen(2))
+    assert model.fuse_upsample() > 0
+    model.set_attention_backend("wide_head")
+    model.set_channels_last(True)
+    changed = _model_state(model)
+    assert changed[0] != before[0] and changed[3] != before[3]
+    with torch.no_grad():
+        close(model(lq, kv, generator=gen(2)), expected, 1e-5)
+    model.unfuse_upsample()
+    model.set_attention_backend("sdpa")
+    model.set_channels_last(False)
+    after = _model_state(model)
+    assert after[:2] == before[:2] and after[3] == before[3]
+    assert [w[2] for w in after[2]] == [w[2] for w in before[2]]  # layout back (storage may be new)
+    with torch.no_grad():
+        assert torch.equal(model(lq, kv, generator=gen(2)), expected)
+    with pytest.raises(ValueError, match="attention backend"):
+        model.set_attention_backend("flash")

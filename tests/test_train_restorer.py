@@ -32,7 +32,7 @@ def test_chunks_resume_from_the_checkpoint_and_export_a_loadable_restorer(tmp_pa
     assert [r["step"] for r in log if "l1" in r] == [1, 2]
 
     model = load_restorer(tmp_path / "run" / "restorer.safetensors")
-    assert model.config.resolution == 64 and model.info["training"]["step"] == 2
+    assert model.config.resolution == 64 and model.source.info["training"]["step"] == 2
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64))
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()

@@ -26,7 +26,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 def _save(restorer, dst: Path, fmt: str, dtype: torch.dtype, overwrite: bool) -> Path:
     from .project_format import save_restorer
 
-    report = getattr(restorer, "load_report", None)
+    report = restorer.source.load_report
     info = {"converted_from": fmt, "source": restorer.config.notes.get("source", {}),
             "load_report": report.summary() if report is not None else ""}
     try:

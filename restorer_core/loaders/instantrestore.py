@@ -89,9 +89,9 @@ def load_instantrestore(path: Path, config=None, device: str | torch.device = "c
     """Official InstantRestore .pt -> OneStepRestorer with every LoRA fused.
 
     config: a RestorerConfig to build instead of the official full-size one (tests use tiny
-    architectures in the official layout).  The load report is at ``restorer.load_report``.
+    architectures in the official layout).  The load report is at ``restorer.source.load_report``.
     """
-    from ..models.restorer import OneStepRestorer
+    from ..models.restorer import ModelSource, OneStepRestorer
     from .clip_text import SD2_PAD_ID
 
     path = Path(path)
@@ -154,6 +154,6 @@ def load_instantrestore(path: Path, config=None, device: str | torch.device = "c
     report.ignored["text_encoder (only used for the caption)"] = len(text_sd)
     restorer.config.notes["source"] = {"format": "instantrestore-official", "file": path.name,
                                        "lora_fused": dict(report.lora_fused)}
-    restorer.load_report = report
+    restorer.source = ModelSource("instantrestore", str(path), load_report=report)
     log.info(report.summary())
     return restorer.to(device=device, dtype=dtype).eval()

@@ -80,9 +80,9 @@ def load_osdface(folder: Path, base: Path, config=None, *, vae_source: Optional[
                  lora_file: Optional[Path] = None, proj_file: Optional[Path] = None,
                  vre_file: Optional[Path] = None, lora_scale: Optional[float] = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """OSDFace folder + SD 2.1-base -> OneStepRestorer.  Report at ``restorer.load_report``."""
+    """OSDFace folder + SD 2.1-base -> OneStepRestorer.  Report at ``restorer.source.load_report``."""
     from ..models.config import RestorerConfig
-    from ..models.restorer import OneStepRestorer
+    from ..models.restorer import ModelSource, OneStepRestorer
     from ..models.sd_configs import full_size_config
     from .sd_base import load_base_state
 
@@ -119,6 +119,6 @@ def load_osdface(folder: Path, base: Path, config=None, *, vae_source: Optional[
                  report, "Expected the official associate_2.ckpt and embedding_change_weights.pth.")
     restorer.config.notes["source"] = {"format": "osdface-official", "files": [
         lora_path.name, proj_path.name, vre_path.name], "lora_scale": scale}
-    restorer.load_report = report
+    restorer.source = ModelSource("osdface", str(folder), load_report=report)
     log.info(report.summary())
     return restorer.to(device=device, dtype=dtype).eval()

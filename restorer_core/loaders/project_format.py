@@ -7,7 +7,6 @@ provenance (source, model card fields) under "info" as JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -15,20 +14,11 @@ from typing import Optional
 import torch
 
 from ..atomic import atomic_path
+from ..digest import tensors_sha256
 from ..errors import CheckpointError
 from ..models.config import RestorerConfig
 
 FORMAT = "onestep-face-restore/1"
-
-
-def tensors_sha256(tensors: dict) -> str:
-    """Content hash over sorted (name, dtype, shape, bytes)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
@@ -83,7 +73,7 @@ def load_restorer(path, device="cpu", dtype: torch.dtype = torch.float32):
     """Build the restorer described by the file's metadata and load its weights (strict)."""
     from safetensors.torch import load_file
 
-    from ..models.restorer import OneStepRestorer
+    from ..models.restorer import ModelSource, OneStepRestorer
 
     path = Path(path)
     meta = read_metadata(path)
@@ -105,7 +95,6 @@ def load_restorer(path, device="cpu", dtype: torch.dtype = torch.float32):
             f"{len(unexpected)} unexpected ({head(unexpected)}), {len(wrong)} with wrong shapes "
             f"({head(wrong)}). The file is damaged or was written by an incompatible version.")
     model.load_state_dict(tensors, strict=True)
-    model._weight_hash = meta.get("weights_sha256") or tensors_sha256(tensors)
-    model.info = json.loads(meta.get("info", "{}"))
-    model.source_path = str(path)
+    model.set_weight_hash(meta.get("weights_sha256") or tensors_sha256(tensors))
+    model.source = ModelSource("project", str(path), json.loads(meta.get("info", "{}")))
     return model.to(device=device, dtype=dtype).eval()

@@ -198,20 +198,38 @@ class WideHeadAttnProcessor(SDPAProcessor):
         return torch.stack(out).transpose(1, 2).reshape(b, -1, query.shape[-1])
 
 
-def use_wide_head_attention(model: torch.nn.Module) -> int:
-    """Give WideHeadAttnProcessor to every plain attention layer of `model` with heads wider than
-    256 (reference processors are left alone). Returns how many layers changed."""
+ATTENTION_BACKENDS = ("sdpa", "wide_head")
+
+
+def set_attention_backend(model: torch.nn.Module, backend: str = "sdpa") -> int:
+    """"wide_head": WideHeadAttnProcessor on every plain attention layer of `model` with heads
+    wider than 256; "sdpa": SDPAProcessor back on those layers. Reference processors are left
+    alone. Returns how many layers have the backend's processor afterwards."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
     count = 0
     for module in model.modules():
         if not isinstance(module, Attention) or module.heads <= 0:
             continue
         if module.inner_dim // module.heads <= WideHeadAttnProcessor.max_fused_head_dim:
             continue
-        if type(module.processor) in (AttnProcessor2_0, SDPAProcessor):
-            module.set_processor(WideHeadAttnProcessor())
+        proc = module.processor
+        if backend == "wide_head":
+            if type(proc) in (AttnProcessor2_0, SDPAProcessor):
+                module.set_processor(WideHeadAttnProcessor())
+                count += 1
+            elif isinstance(proc, WideHeadAttnProcessor):
+                count += 1
+        elif isinstance(proc, WideHeadAttnProcessor):
+            module.set_processor(SDPAProcessor())
             count += 1
-        elif isinstance(module.processor, WideHeadAttnProcessor):
+        elif type(proc) is SDPAProcessor:
             count += 1
     return count
+
+
+def use_wide_head_attention(model: torch.nn.Module) -> int:
+    """set_attention_backend(model, "wide_head")."""
+    return set_attention_backend(model, "wide_head")

@@ -67,10 +67,6 @@ class RestorerConfig:
     def cross_attention_dim(self) -> int:
         return int(self.unet.get("cross_attention_dim", 1280))
 
-    @property
-    def has_visual_prompt(self) -> bool:
-        return self.vre is not None
-
     def to_dict(self) -> dict:
         return asdict(self)
 

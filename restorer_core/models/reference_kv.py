@@ -1,7 +1,7 @@
 """ReferenceKV: the keys/values a set of reference faces contributes to shared attention.
 
 They depend only on the references and the restorer's weights, so they are computed once per
-reference bank and cached (see restorer_core.bank).
+reference bank and cached (see restorer_core.reference_cache).
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ class ReferenceKV:
         identity = self.identity.to(device) if self.identity is not None else None
         return ReferenceKV(list(self.layers), [move(k) for k in self.keys],
                            [move(v) for v in self.values], mask, identity)
-
-    def select(self, index: torch.Tensor) -> "ReferenceKV":
-        """Rows of a per-face (Bk = B) set, e.g. to follow a sub-batch."""
-        if self.keys and self.keys[0].shape[0] == 1:
-            return self
-        mask = self.mask[index] if self.mask is not None else None
-        identity = self.identity[index] if self.identity is not None else None
-        return ReferenceKV(list(self.layers), [k[index] for k in self.keys],
-                           [v[index] for v in self.values], mask, identity)
 
     def state_dict(self) -> dict:
         """Flat tensor dict for safetensors (layer order kept by an index)."""

@@ -79,9 +79,6 @@ SD21_BASE_VAE: dict[str, Any] = {**copy.deepcopy(_VAE_COMMON), "sample_size": 76
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 0.00085
 BETA_END = 0.012
-BETA_SCHEDULE = "scaled_linear"
-PREDICTION_TYPE = "epsilon"
-CLIP_SAMPLE = False
 
 # OSDFace visual representation embedder (kwargs of restorer_core.models.vre.VisualPromptEmbedder).
 OSDFACE_VRE: dict[str, Any] = {

@@ -61,11 +61,13 @@ class PhaseUpsample2D(nn.Module):
     dict is unchanged) and adds the phase kernels as a non-persistent buffer.
 
     The kernels are derived when the module is built: call `fuse_upsample_convs` again after
-    changing the conv's weights.
+    changing the conv's weights. The original block is kept outside the module tree (not in
+    the state dict) for `unfuse_upsample_convs`.
     """
 
     def __init__(self, original: nn.Module):
         super().__init__()
+        self._original = (original,)  # a tuple: not registered as a submodule
         self.channels = original.channels
         self.out_channels = original.out_channels
         self.use_conv = True
@@ -114,5 +116,19 @@ def fuse_upsample_convs(model: nn.Module) -> int:
                 count += 1
             elif _fusable(child):
                 setattr(parent, name, PhaseUpsample2D(child))
+                count += 1
+    return count
+
+
+def unfuse_upsample_convs(model: nn.Module) -> int:
+    """Put the original ``Upsample2D`` blocks back in place of every PhaseUpsample2D (they share
+    the conv, so the weights are the current ones). Returns how many were replaced."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, PhaseUpsample2D):
+                original = child._original[0]
+                original.conv = child.conv
+                setattr(parent, name, original)
                 count += 1
     return count

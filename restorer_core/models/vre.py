@@ -14,7 +14,7 @@ are zeros.  The official loop is only right for batch size 1; this one is right 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -243,9 +243,6 @@ class VisualPromptEmbedder(nn.Module):
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
         self.quantize = Codebook(c.codebook_size, c.codebook_dim)
         self.proj = TwoLayerConv1x1(c.codebook_dim, c.out_dim)
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
 
     def preprocess(self, lq: torch.Tensor) -> torch.Tensor:
         """Bilinear resize to the embedder's resolution, then the official renormalisation."""
