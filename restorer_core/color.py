@@ -15,7 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-COLOR_FIX_MODES = ("wavelet", "meanstd", "none")
+from .options import COLOR_FIXES as COLOR_FIX_MODES
+
 _BINOMIAL = (0.25, 0.5, 0.25)
 
 

@@ -19,8 +19,8 @@ from .align import landmarks_in_crop, source_roi, template_landmarks, warp_affin
 from .color import COLOR_FIX_MODES, apply_color_fix
 from .faces import AlignedFace
 from .imageio import dtype_max
+from .options import MASK_SHAPES as MASK_MODES
 
-MASK_MODES = ("landmarks", "ellipse", "box")
 ParserFn = Callable[[np.ndarray], np.ndarray]  # [S, S, 3] float 0..1 -> [S, S] float 0..1
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as in PIL's "L"
 

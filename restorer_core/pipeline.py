@@ -1,8 +1,9 @@
 """Detect -> align -> restore (batched across images) -> paste back, for whole images.
 
 Faces from all images of a call are restored in batches of `batch_size`, in a stable order
-(image, then left to right). The reference bank's keys/values are computed once per bank
-(through bank.reference_kv's disk cache) and shared by every batch. Each face gets its own
+(image, then left to right). What the restorer is conditioned on is decided once per call
+(restorer_core.conditioning); the reference bank's keys/values come from
+restorer_core.reference_cache (memo + disk file) and are shared by every batch. Each face gets its own
 CPU generator seeded with `seed`, so a face's result does not depend on the batch it lands in.
 """
 
@@ -16,15 +17,18 @@ import cv2
 import numpy as np
 import torch
 
+from .conditioning import Capabilities, Conditioning, decide
 from .errors import CancelledError
+from .options import SPEEDS
 from .faces import AlignedFace
+from .identity import IdentityScorer
 from .paste import PasteConfig, paste_faces
+from .reference_cache import ReferenceCache
 from .report import RESTORED, UNCHANGED, FaceRecord, ImageRecord
 from .select import FaceSelection
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
-REFERENCE_MODES = ("auto", "references", "both")
 
 
 @dataclass
@@ -98,45 +102,39 @@ def transfer_detail(restored: np.ndarray, crop: np.ndarray, resolution: int) -> 
     return np.clip(restored + fine, 0.0, 1.0)
 
 
-def _rgb_float(pixels: np.ndarray) -> np.ndarray:
-    """Any image layout -> HxWx3 float32 0..1 (alpha dropped, gray repeated) for alignment."""
-    from .imageio import to_float01
+def speed_config(restorer: Any, speed: Any = "auto") -> Any:
+    """The SpeedConfig a speed choice stands for on this restorer's device (None: "eager").
 
-    arr = np.asarray(pixels)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    arr = to_float01(arr)
-    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+    "auto" / "graph": upsampling convs at low resolution, and on a CUDA device CUDA graphs and
+    the VAE's wide attention head as matmuls (on the CPU these two do nothing; upsampling stays
+    on the plain path on eager CUDA, see PhaseUpsample2D). "compile": auto + channels-last +
+    torch.compile (the fastest on a GPU, about a minute of compiling per batch shape). On a GPU
+    the reference networks wait on the CPU between bank builds (restores read the cached K/V);
+    a host that manages the model's memory itself (ComfyUI) builds on the CPU.
+    """
+    from .models.fast import SpeedConfig
+
+    if isinstance(speed, SpeedConfig):
+        return speed
+    if speed not in SPEEDS:
+        raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+    if speed == "eager":
+        return None
+    offload = torch.device(restorer.device).type == "cuda"
+    common = dict(fuse_upsample=True, wide_head_attention=True, cuda_graph=True, offload_references=offload)
+    if speed == "compile":
+        return SpeedConfig(channels_last=True, compile_mode="default", **common)
+    return SpeedConfig(**common)
 
 
 def make_runner(restorer: Any, speed: Any = "auto") -> Any:
-    """The callable that restores batches: the restorer itself, or a FastRestorer around it.
+    """The callable that restores batches: the restorer itself ("eager"), or a FastRestorer
+    around it after setting the restorer's speed-up methods (this changes `restorer`: the
+    pipeline owns its restorer). Every choice computes the same function; see speed_config."""
+    from .models.fast import speed_up
 
-    speed: "auto" (upsampling convs at low resolution; on a CUDA device also CUDA graphs and the
-    VAE's wide attention head as matmuls),
-    "eager" (the restorer as it is), "graph" (same as auto), "compile" (auto + channels-last +
-    torch.compile: the fastest on a GPU, about a minute of compiling per batch shape), or a
-    restorer_core.models.fast.SpeedConfig. Every choice computes the same function.
-    """
-    from .models.fast import FastRestorer, SpeedConfig
-
-    if isinstance(speed, SpeedConfig):
-        return FastRestorer(restorer, speed)
-    if speed == "eager":
-        return restorer
-    # On a GPU the reference networks wait on the CPU between bank builds (restores read the
-    # cached K/V); a host that manages the model's memory itself (ComfyUI) builds on the CPU.
-    offload = torch.device(restorer.device).type == "cuda"
-    if speed in ("auto", "graph"):
-        return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, wide_head_attention=True, cuda_graph=True,
-                                                  offload_references=offload))
-    if speed == "compile":
-        return FastRestorer(restorer, SpeedConfig(fuse_upsample=True, wide_head_attention=True, channels_last=True,
-                                                  compile_mode="default", cuda_graph=True,
-                                                  offload_references=offload))
-    raise ValueError(f"speed must be auto, eager, graph or compile, got {speed!r}")
+    config = speed_config(restorer, speed)
+    return restorer if config is None else speed_up(restorer, config)
 
 
 class FaceRestorePipeline:
@@ -154,9 +152,8 @@ class FaceRestorePipeline:
         self.runner = make_runner(self.restorer, speed)
         self.identity = identity
         self._detectors: dict = {}
-        self._kv_memo: dict = {}
-        self._bank_embeddings: dict = {}
-        self.last_cache_info: Any = None
+        self.references = ReferenceCache()
+        self.scorer = IdentityScorer(identity) if identity is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -170,62 +167,57 @@ class FaceRestorePipeline:
     def resolution(self) -> int:
         return int(self.restorer.config.resolution)
 
+    def release_graphs(self) -> None:
+        """Free the runner's CUDA graphs (their memory pool is invisible to a host's memory manager)."""
+        from .models.fast import FastRestorer
+
+        if isinstance(self.runner, FastRestorer):
+            self.runner.release_graphs()
+
     # ----------------------------------------------------------------------------- helpers
     def add_detector(self, options: RestoreOptions, detector: Any) -> None:
         """Use an already created detector for options.detector / options.detector_model."""
         self._detectors[(options.detector, options.detector_model)] = detector
 
     def detector(self, options: RestoreOptions) -> Any:
-        """The detector the options name (created once, then reused: ONNX sessions are slow to make)."""
+        """The detector the options name: one given to add_detector, else the process-wide one
+        (restorer_core.detect.cached_detector)."""
         key = (options.detector, options.detector_model)
-        if key not in self._detectors:
-            from .detect import create_detector
+        if key in self._detectors:
+            return self._detectors[key]
+        from .detect import cached_detector
 
-            self._detectors[key] = create_detector(options.detector, options.detector_model)
-        return self._detectors[key]
+        return cached_detector(options.detector, options.detector_model)
 
     def crop_size(self, options: RestoreOptions) -> int:
         """Faces are cut at >= 512 px so that paste-back (and detail transfer) keep large faces sharp."""
         return int(options.crop_size or max(self.resolution, 512))
 
+    def conditioning(self, bank: Any, options: RestoreOptions) -> Conditioning:
+        """What the restorer will be conditioned on with this bank and mode, and why
+        (restorer_core.conditioning decides); ValueError saying what to do when it cannot work."""
+        have_refs = bank is not None and len(bank) > 0
+        return decide(Capabilities.of(self.restorer.config), options.mode, have_refs)
+
     def uses_references(self, bank: Any, options: RestoreOptions) -> bool:
-        if options.mode in ("references", "both") and bank is None:
-            raise ValueError(f"mode {options.mode!r} needs reference photos: give a reference bank "
-                             "(--refs FOLDER or BANK.safetensors), or use mode 'auto'")
-        return bank is not None and options.mode in REFERENCE_MODES
+        return self.conditioning(bank, options).use_references
 
     def reference_kv(self, bank: Any, options: RestoreOptions) -> Any:
-        """The bank's keys/values for this restorer (memoised here, cached on disk by bank.py)."""
-        from .bank import load_or_compute_reference_kv
+        """The bank's keys/values for this restorer (restorer_core.reference_cache)."""
+        return self.references.get(bank, self.restorer, options.max_refs, options.seed,
+                                   options.cache_dir, options.use_cache)
 
-        key = (bank.bank_hash(), options.max_refs, options.seed, str(self.dtype), str(self.device),
-               self.restorer.weight_hash(), str(options.cache_dir), options.use_cache)
-        if key not in self._kv_memo:
-            kv, info = load_or_compute_reference_kv(bank, self.restorer, options.max_refs, options.seed,
-                                                    options.cache_dir, options.use_cache)
-            self._kv_memo = {key: (kv, info)}  # one bank at a time: K/V of big models are large
-        kv, self.last_cache_info = self._kv_memo[key]
-        return kv
-
-    def bank_embedding(self, bank: Any) -> Optional[np.ndarray]:
-        """Mean identity embedding of the bank's faces (unit length), or None without an embedder."""
-        if self.identity is None or bank is None:
-            return None
-        key = bank.bank_hash()
-        if key not in self._bank_embeddings:
-            from .identity import mean_identity
-
-            self._bank_embeddings[key] = mean_identity(self.identity, bank.crops_hwc())
-        return self._bank_embeddings[key]
+    @property
+    def last_cache_info(self) -> Any:
+        """Where the last reference keys/values came from (CacheInfo), or None."""
+        return self.references.last_info
 
     def similarity(self, crops: Sequence[np.ndarray], bank: Any) -> Optional[list]:
-        """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity, or None."""
-        target = self.bank_embedding(bank)
-        if target is None:
+        """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity, or None
+        without an identity embedder or a bank."""
+        if self.scorer is None or bank is None:
             return None
-        from .identity import similarities
-
-        return similarities(self.identity, crops, target)
+        return self.scorer.similarity(crops, bank)
 
     def similarity_fn(self, bank: Any, options: RestoreOptions) -> Optional[Callable]:
         """For selection mode "similar": faces -> similarity to the bank; None for other modes.
@@ -239,7 +231,7 @@ class FaceRestorePipeline:
             raise ValueError("face selection 'similar' needs the identity embedder "
                              "(restorer_core/assets/models/identity_embedder.safetensors), which is not "
                              "loaded; choose another selection (all, largest, index, min-size)")
-        return lambda faces: self.similarity([f.crop for f in faces], bank)
+        return self.scorer.for_selection(bank)
 
     # ----------------------------------------------------------------------------- faces
     def restore_faces(self, faces: Sequence[AlignedFace], bank: Any = None,
@@ -252,12 +244,13 @@ class FaceRestorePipeline:
         """
         options = options or RestoreOptions()
         ordered = sorted(faces, key=lambda f: (f.image_index, f.face_index))
+        cond = self.conditioning(bank, options)  # a mode that cannot work fails before any work
         if not ordered:
-            self.uses_references(bank, options)  # still reject a mode that cannot work
             return []
-        if refs is None and self.uses_references(bank, options):
+        if not cond.use_references:
+            refs = None
+        elif refs is None:
             refs = self.reference_kv(bank, options)
-        self.restorer.resolve_mode(options.mode, refs)  # clear errors before any work
         total, done, out = len(ordered), 0, []
         res = self.resolution
         for start in range(0, total, options.batch_size):
@@ -292,20 +285,12 @@ class FaceRestorePipeline:
     def locate(self, pixels: np.ndarray, options: RestoreOptions, image_index: int = 0,
                bank: Any = None) -> tuple:
         """(faces to restore, skipped faces) of one image; crops keep the image's bit depth."""
-        from .align import align_face
         from .imageio import to_rgb8
-        from .locate import locate_faces_report
+        from .locate import locate_faces_report, recut_full_depth
 
-        rgb8 = to_rgb8(np.asarray(pixels))
-        report = locate_faces_report(rgb8, self.detector(options), self.crop_size(options),
+        report = locate_faces_report(to_rgb8(np.asarray(pixels)), self.detector(options), self.crop_size(options),
                                      options.selection, image_index, self.similarity_fn(bank, options))
-        faces = report.faces
-        arr = np.asarray(pixels)
-        if not (arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3) and faces:
-            rgb = _rgb_float(arr)  # 16-bit / float / gray / alpha: crop from the full-depth pixels
-            faces = [align_face(rgb, f.detection, f.crop_size, f.image_index, f.face_index) for f in faces]
-            for new, old in zip(faces, report.faces):
-                new.info.update(old.info)
+        faces = recut_full_depth(pixels, report.faces)  # 16-bit / float / gray / alpha: full depth
         return faces, report.skipped
 
     def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
@@ -314,7 +299,7 @@ class FaceRestorePipeline:
         """Restore several images with their faces batched together -> list[ImageResult]."""
         options = options or RestoreOptions()
         records, faces_by_image, all_faces = [], [], []
-        use_refs = self.uses_references(bank, options)
+        use_refs = self.conditioning(bank, options).use_references
         for i, pixels in enumerate(images):
             arr = np.asarray(pixels)
             name = names[i] if names is not None else f"image[{i}]"

@@ -137,7 +137,7 @@ def test_references_are_encoded_once_per_bank(restorer, bank, faces, tmp_path, m
 
 
 def test_reference_mode_without_bank_is_a_clear_error(pipeline, faces):
-    with pytest.raises(ValueError, match="needs reference photos"):
+    with pytest.raises(ValueError, match="needs reference faces"):
         pipeline.restore_faces(faces, None, RestoreOptions(mode="references"))
 
 
@@ -243,7 +243,7 @@ class _IdentityRestorer(torch.nn.Module):
     def __init__(self, resolution: int):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.config = type("Cfg", (), {"resolution": resolution})()
+        self.config = type("Cfg", (), {"resolution": resolution, "method": "osdface", "vre": None})()
 
     @property
     def device(self):
@@ -252,9 +252,6 @@ class _IdentityRestorer(torch.nn.Module):
     @property
     def dtype(self):
         return self.anchor.dtype
-
-    def resolve_mode(self, mode, refs):
-        return refs is not None, False
 
     def forward(self, x, refs=None, mode="auto", generator=None):
         return x
