@@ -1,11 +1,8 @@
-"""Reference banks: aligned crops of one person's faces, and their cached reference keys/values.
+"""Reference banks: aligned crops of one person's faces.
 
 A bank is built once from a handful of photos of the person (one usable face per photo) and
-saved as a small safetensors file. The keys/values a restorer derives from the bank depend only
-on the bank's crops, the restorer's weights, which references are used, the dtype and the seed,
-so they are computed once and cached on disk under exactly that key. Every cache file carries
-its key in its metadata and a hash of its tensors: a cache made for another restorer or bank,
-or one that was edited or truncated, is recomputed, never silently used.
+saved as a small safetensors file. It knows no restorer: what a restorer derives from it (the
+reference keys/values) is computed and cached by restorer_core.reference_cache.
 """
 
 from __future__ import annotations
@@ -23,15 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path
-from .errors import BankError, ImageReadError, RestorerError
+from .errors import BankError, ImageReadError
+from .options import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 BANK_FORMAT = "onestep-face-restore/bank/1"
-KV_CACHE_FORMAT = "onestep-face-restore/kvcache/1"
 DEFAULT_ALIGN_SIZE = 512
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-CACHE_ENV = "ONESTEP_FACE_RESTORE_CACHE"
 
 Source = Union[str, os.PathLike, np.ndarray]
 
@@ -67,7 +62,8 @@ class ReferenceBank:
     """Aligned reference faces of one person.
 
     crops: uint8 [R, 3, A, A] on the FFHQ template at align_size A (restorers resize to their
-    own resolution). path: the file it was loaded from / saved to (locates the K/V cache).
+    own resolution). path: the file it was loaded from / saved to (the reference cache keeps
+    its files next to it).
     """
 
     crops: torch.Tensor
@@ -95,10 +91,6 @@ class ReferenceBank:
         h = hashlib.sha256(f"{BANK_FORMAT}|{tuple(self.crops.shape)}".encode())
         h.update(self.crops.contiguous().cpu().numpy().tobytes())
         return h.hexdigest()
-
-    @property
-    def id(self) -> str:
-        return self.bank_hash()
 
     def crops_float(self, indices: Optional[Sequence[int]] = None, size: Optional[int] = None) -> torch.Tensor:
         """Crops as float32 [R, 3, size, size] in 0..1 (area-resized when shrinking)."""
@@ -305,161 +297,9 @@ def open_bank(spec: Union[str, os.PathLike, ReferenceBank], detector: Any = "yun
     return build_bank([path], detector, align_size, name=path.stem if path.is_file() else path.name)
 
 
-# ----------------------------------------------------------------------------- K/V cache
-
-
-@dataclass
-class CacheInfo:
-    """What reference_kv did: status "hit" | "miss" | "stale" | "disabled", the file, and why."""
-
-    status: str
-    path: Optional[Path] = None
-    reason: str = ""
-    indices: tuple = ()
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "path": str(self.path) if self.path else None,
-                "reason": self.reason, "references_used": list(self.indices),
-                "seconds": round(self.seconds, 4)}
-
-
-def default_cache_dir(bank: ReferenceBank) -> Path:
-    """<bank file>.kvcache/ next to a saved bank; else $ONESTEP_FACE_RESTORE_CACHE or
-    $XDG_CACHE_HOME/onestep-face-restore (~/.cache/onestep-face-restore)."""
-    if bank.path is not None:
-        return Path(str(bank.path) + ".kvcache")
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "onestep-face-restore"
-
-
 def select_reference_indices(bank: ReferenceBank, max_refs: int = 4) -> tuple:
     """The references to use: the `max_refs` largest source faces (most real detail), in bank order."""
     if max_refs < 1:
         raise ValueError(f"max_refs must be at least 1, got {max_refs}")
     ranked = sorted(range(len(bank)), key=lambda i: (-bank.entries[i].face_size, i))
     return tuple(sorted(ranked[:max_refs]))
-
-
-def cache_key_fields(bank: ReferenceBank, restorer: Any, indices: Sequence[int], seed: int) -> dict:
-    """Everything the cached keys/values depend on."""
-    return {
-        "format": KV_CACHE_FORMAT,
-        "weights": restorer.weight_hash(),
-        "bank": bank.bank_hash(),
-        "references": [int(i) for i in indices],
-        "dtype": str(restorer.dtype).replace("torch.", ""),
-        "seed": int(seed),
-        "resolution": int(restorer.config.resolution),
-        "layers": list(restorer.reference_sites),
-    }
-
-
-def cache_path(bank: ReferenceBank, restorer: Any, max_refs: int = 4, seed: int = 0,
-               cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
-    """Where reference_kv keeps the keys/values for these arguments."""
-    fields_ = cache_key_fields(bank, restorer, select_reference_indices(bank, max_refs), seed)
-    key = hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(bank)
-    return folder / f"kv-{key[:40]}.safetensors"
-
-
-def _tensors_digest(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _read_cache(path: Path, expected: dict, layers: list) -> tuple:
-    """(ReferenceKV, "") on a valid hit, (None, reason) when missing, foreign or damaged."""
-    from safetensors import safe_open
-
-    from .models.reference_kv import ReferenceKV
-
-    if not path.is_file():
-        return None, "no cache file yet"
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # a truncated or garbled file
-        return None, f"unreadable cache ({exc})"
-    if meta.get("format") != KV_CACHE_FORMAT:
-        return None, "not a reference cache file"
-    try:
-        stored = json.loads(meta.get("key", "null"))
-    except ValueError:
-        stored = None
-    if stored != expected:
-        diff = sorted(k for k in expected if not isinstance(stored, dict) or stored.get(k) != expected[k])
-        return None, f"made for different {', '.join(diff) or 'settings'}"
-    if meta.get("tensors_sha256") != _tensors_digest(tensors):
-        return None, "cache contents do not match their checksum"
-    try:
-        kv = ReferenceKV.from_state_dict(layers, tensors)
-    except KeyError as exc:
-        return None, f"cache is missing tensor {exc}"
-    if any(k.shape[1] != len(expected["references"]) for k in kv.keys):
-        return None, "cache has the wrong number of references"
-    return kv, ""
-
-
-def _write_cache(path: Path, kv: Any, key_fields: dict) -> Optional[str]:
-    """Atomically write; returns an error message instead of raising (caching is optional)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in kv.state_dict().items()}
-        meta = {"format": KV_CACHE_FORMAT, "key": json.dumps(key_fields, sort_keys=True),
-                "tensors_sha256": _tensors_digest(tensors)}
-        _atomic_save_file(tensors, meta, path, overwrite=True)
-    except (OSError, RestorerError) as exc:
-        return str(exc)
-    return None
-
-
-def load_or_compute_reference_kv(bank: ReferenceBank, restorer: Any, max_refs: int = 4, seed: int = 0,
-                                 cache_dir: Optional[Union[str, os.PathLike]] = None,
-                                 use_cache: bool = True) -> tuple:
-    """(ReferenceKV on the restorer's device and dtype, CacheInfo). See reference_kv."""
-    import time
-
-    start = time.perf_counter()
-    indices = select_reference_indices(bank, max_refs)
-    key_fields = json.loads(json.dumps(cache_key_fields(bank, restorer, indices, seed)))
-    layers = list(restorer.reference_sites)
-    path = cache_path(bank, restorer, max_refs, seed, cache_dir) if use_cache else None
-    status, reason = "disabled", "caching turned off"
-    if path is not None:
-        kv, reason = _read_cache(path, key_fields, layers)
-        if kv is not None:
-            kv = kv.to(restorer.device, restorer.dtype)
-            return kv, CacheInfo("hit", path, "", indices, time.perf_counter() - start)
-        status = "miss" if not path.exists() else "stale"
-        if status == "stale":
-            log.warning("ignoring reference cache %s (%s); recomputing", path, reason)
-    refs = bank.crops_float(indices, restorer.config.resolution).to(restorer.device, restorer.dtype)
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    with torch.inference_mode():
-        kv = restorer.encode_references(refs, generator=generator)
-    if path is not None:
-        error = _write_cache(path, kv, key_fields)
-        if error:
-            log.warning("could not write reference cache %s: %s", path, error)
-            reason = f"{reason}; not cached: {error}"
-    return kv, CacheInfo(status, path, reason, indices, time.perf_counter() - start)
-
-
-def reference_kv(bank: ReferenceBank, restorer: Any, max_refs: int = 4, seed: int = 0,
-                 cache_dir: Optional[Union[str, os.PathLike]] = None, use_cache: bool = True) -> Any:
-    """The bank's reference keys/values for this restorer, from the disk cache when valid.
-
-    Cached under (restorer.weight_hash(), bank hash, references used, dtype, seed); a cache file
-    whose metadata or checksum does not match is recomputed and replaced. An unwritable cache
-    folder only costs the caching, never the result.
-    """
-    return load_or_compute_reference_kv(bank, restorer, max_refs, seed, cache_dir, use_cache)[0]

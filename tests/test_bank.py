@@ -11,16 +11,8 @@ import pytest
 import torch
 
 from tiny_models import tiny_config
-from restorer_core.bank import (
-    BankError,
-    build_bank,
-    cache_path,
-    load_bank,
-    load_or_compute_reference_kv,
-    reference_kv,
-    save_bank,
-    select_reference_indices,
-)
+from restorer_core.bank import BankError, build_bank, load_bank, save_bank, select_reference_indices
+from restorer_core.reference_cache import cache_path, load_or_compute_reference_kv, reference_kv
 
 ALIGN = 96  # small crops keep these tests fast; the restorer resizes them to its resolution
 
