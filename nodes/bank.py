@@ -1,7 +1,7 @@
 """Reference Bank nodes: photos of the person -> REF_BANK (aligned reference faces) + a report.
 
 The bank itself is restorer-independent; each restorer derives its reference keys/values from
-it, cached on disk (restorer_core.bank) in ComfyUI's models/face_restore_onestep_cache.
+it, cached on disk (restorer_core.reference_cache) in ComfyUI's models/face_restore_onestep_cache.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..restorer_core.bank import build_bank, list_images, load_bank
+from ..restorer_core.bank import build_bank, list_images, open_bank
 from ..restorer_core.errors import BankError
 from . import ops
 from .types import REF_BANK
@@ -81,14 +81,9 @@ class ReferenceBankFromFolder:
             raise BankError("give the folder of reference photos (one clear face each), e.g. "
                             "C:\\refs\\anna or /home/me/refs/anna.")
         path = Path(os.path.expanduser(text))
-        if path.is_file() and path.suffix == ".safetensors":
-            bank = load_bank(path)
-        elif path.is_dir():
-            det = ops.get_detector(detector, detector_model, threshold)
-            bank = build_bank([path], det, int(align_size), name=path.name)
-        else:
-            raise BankError(f"reference folder not found: {path}. Give a folder of photos of the person "
-                            "or a bank .safetensors file.")
+        photos = path.is_dir() or (path.is_file() and path.suffix != ".safetensors")
+        det = ops.get_detector(detector, detector_model, threshold) if photos else None
+        bank = open_bank(path, det, int(align_size))
         report = bank_report(bank)
         ops.log(report)
         return (bank, report)

@@ -12,22 +12,18 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..restorer_core.detect import create_detector
+from ..restorer_core.detect import cached_detector
 from ..restorer_core.errors import BankError, CancelledError, DetectorError
-from ..restorer_core.faces import AlignedFace
 from ..restorer_core.imageio import to_rgb8
-from ..restorer_core.locate import locate_faces_batch
+from ..restorer_core.locate import locate_in_images
+from ..restorer_core.options import COLOR_FIXES, DETECTORS, MASK_SHAPES, MODES  # noqa: F401 (the nodes' lists)
 from ..restorer_core.paste import PasteConfig, paste_faces
 from ..restorer_core.pipeline import RestoreOptions
 from ..restorer_core.select import FaceSelection, parse_indices
 from . import comfy_bridge as cb
 from .types import FaceRestorerHandle, FaceSet
 
-SELECTIONS = ("all", "largest", "index", "similar")
-MODES = ("auto", "references", "visual_prompt", "both", "none")
-COLOR_FIXES = ("wavelet", "meanstd", "none")
-MASK_SHAPES = ("landmarks", "ellipse", "box")
-DETECTORS = ("yunet", "scrfd", "facexlib")
+SELECTIONS = ("all", "largest", "index", "similar")  # the node widget's subset of select.SELECTION_MODES
 DEFAULT_DETECTOR_MODEL = "default"
 
 
@@ -62,9 +58,6 @@ def to_mask(masks: Sequence[np.ndarray]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- detection
 
-_DETECTORS: dict = {}
-
-
 def detector_model_path(detector: str, model_name: str) -> Optional[str]:
     if model_name in (None, "", DEFAULT_DETECTOR_MODEL):
         if detector == "scrfd":
@@ -77,14 +70,10 @@ def detector_model_path(detector: str, model_name: str) -> Optional[str]:
 
 
 def get_detector(name: str, model_name: str = DEFAULT_DETECTOR_MODEL, threshold: float = 0.7) -> Any:
-    """A detector from restorer_core (kept between runs: ONNX sessions are slow to create)."""
+    """restorer_core's detector for the widgets (made once per process: restorer_core.detect.cached_detector)."""
     if name not in DETECTORS:
         raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}.")
-    path = detector_model_path(name, model_name)
-    key = (name, path, round(float(threshold), 4))
-    if key not in _DETECTORS:
-        _DETECTORS[key] = create_detector(name, path, score_threshold=float(threshold))
-    return _DETECTORS[key]
+    return cached_detector(name, detector_model_path(name, model_name), float(threshold))
 
 
 def make_selection(selection: str, max_faces: int, face_indices: str, min_face_size: float,
@@ -110,18 +99,10 @@ def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_si
     With track, a face keeps its index from frame to frame (restorer_core.locate tracking),
     so "face 0" is the same person throughout a clip.
     """
-    from ..restorer_core.align import align_face
-
     frames = image_list(image)
     cb.check_interrupt()
-    found = locate_faces_batch([rgb8(f) for f in frames], detector, crop_size, selection, track,
-                               similarity_fn=similarity_fn)
-    faces: list[AlignedFace] = []
-    for frame, per_frame in zip(frames, found):
-        for f in per_frame:  # re-cut from float pixels: the detector saw an 8-bit copy
-            new = align_face(frame[..., :3], f.detection, crop_size, f.image_index, f.face_index)
-            new.info.update(f.info)
-            faces.append(new)
+    found = locate_in_images(frames, detector, crop_size, selection, track, similarity_fn)
+    faces = [f for per_frame in found for f in per_frame]
     sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
     result = FaceSet(faces, sizes, int(crop_size))
     for i in range(result.num_images):
@@ -161,8 +142,8 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
     lines: list[str] = []
     if bank is not None and len(bank) == 0:
         raise BankError("the reference bank is empty; give it photos with one clear face each.")
+    cond = handle.pipeline.conditioning(bank, options)  # a mode that can never work errors here
     if not faces.faces:
-        handle.pipeline.uses_references(bank, options)  # a mode that can never work still errors
         msg = "no faces to restore: the images pass through unchanged."
         log(msg)
         return faces.with_faces([], msg), [msg]
@@ -177,26 +158,15 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
     finally:
         # CUDA graphs live for one node run: their memory pool is invisible to ComfyUI's memory
         # manager, which may offload this model to make room for the next one.
-        release = getattr(handle.pipeline.runner, "release_graphs", None)
-        if release is not None:
-            release()
-    info = handle.pipeline.last_cache_info if handle.pipeline.uses_references(bank, options) else None
-    used = _conditioning(handle, bank, options)
-    lines.append(f"restored {len(restored)} face(s) with {handle.describe()}; conditioning: {used}")
+        handle.pipeline.release_graphs()
+    lines.append(f"restored {len(restored)} face(s) with {handle.describe()}; conditioning: {cond.describe()}")
+    lines.append(f"why: {cond.reason}")
+    info = handle.pipeline.last_cache_info if cond.use_references else None
     if info is not None:
         lines.append(f"reference keys/values: cache {info.status}"
                      + (f" ({info.reason})" if info.reason and info.status != "hit" else "")
                      + f", references used {list(info.indices)}")
     return faces.with_faces(restored, lines[0]), lines
-
-
-def _conditioning(handle: FaceRestorerHandle, bank: Any, options: RestoreOptions) -> str:
-    """What the restorer was conditioned on, for the report (the restorer decides; see resolve_mode)."""
-    use_refs = handle.pipeline.uses_references(bank, options)
-    has_vp = handle.restorer.config.vre is not None
-    use_vp = options.mode in ("visual_prompt", "both") or (options.mode == "auto" and has_vp)
-    parts = (["references"] if use_refs else []) + (["visual prompt"] if use_vp else [])
-    return " + ".join(parts) or "fixed caption only"
 
 
 # ----------------------------------------------------------------------------- paste back

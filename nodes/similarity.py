@@ -6,12 +6,10 @@ its weights file, only the features that need it ('similar' selection, this node
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
-
-import numpy as np
+from typing import Any, Optional
 
 from ..restorer_core.errors import ModelNotFoundError
-from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, load_identity_embedder, mean_identity, similarities
+from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, IdentityScorer, load_identity_embedder
 from .ops import log
 from .types import FACES, REF_BANK, FaceSet
 
@@ -19,8 +17,9 @@ CATEGORY = "face restore/one-step"
 _IDENTITY: dict = {}
 
 
-def get_identity(alternative: str = "remove the Face Similarity node") -> Any:
-    """The shipped identity embedder (loaded once per file version); ModelNotFoundError if absent."""
+def get_identity(alternative: str = "remove the Face Similarity node") -> IdentityScorer:
+    """The shipped identity embedder as a restorer_core IdentityScorer (loaded once per file
+    version); ModelNotFoundError if absent."""
     path = DEFAULT_EMBEDDER_PATH
     if not path.is_file():
         raise ModelNotFoundError(
@@ -30,25 +29,16 @@ def get_identity(alternative: str = "remove the Face Similarity node") -> Any:
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _IDENTITY:
         _IDENTITY.clear()
-        _IDENTITY[key] = load_identity_embedder(path)
+        _IDENTITY[key] = IdentityScorer(load_identity_embedder(path))
     return _IDENTITY[key]
 
 
 def try_identity() -> Optional[Any]:
+    """The identity embedder, or None when its file is missing."""
     try:
-        return get_identity()
+        return get_identity().embedder
     except ModelNotFoundError:
         return None
-
-
-def bank_embedding(identity: Any, bank: Any) -> np.ndarray:
-    """The bank's identity (unit-length mean embedding of its faces)."""
-    return mean_identity(identity, bank.crops_hwc())
-
-
-def similarity_to_bank(identity: Any, crops: Sequence[np.ndarray], bank: Any) -> list[float]:
-    """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity."""
-    return similarities(identity, crops, bank_embedding(identity, bank)) if len(crops) else []
 
 
 def similarity_fn(bank: Any):
@@ -56,8 +46,7 @@ def similarity_fn(bank: Any):
     if bank is None:
         raise ValueError("selection 'similar' keeps the faces that look like the reference person: "
                          "connect a REF_BANK to Detect Faces, or choose another selection.")
-    identity = get_identity("choose a selection other than 'similar'")
-    return lambda faces: similarity_to_bank(identity, [f.crop for f in faces], bank)
+    return get_identity("choose a selection other than 'similar'").for_selection(bank)
 
 
 class FaceSimilarity:
@@ -76,10 +65,10 @@ class FaceSimilarity:
         return {"required": {"faces": (FACES,), "reference_bank": (REF_BANK,)}}
 
     def score(self, faces: FaceSet, reference_bank: Any):
-        identity = get_identity()
-        before = similarity_to_bank(identity, [f.crop for f in faces.faces], reference_bank)
+        scorer = get_identity()
+        before = scorer.similarity([f.crop for f in faces.faces], reference_bank)
         restored = [f.restored for f in faces.faces if f.restored is not None]
-        after = similarity_to_bank(identity, restored, reference_bank) if len(restored) == len(faces.faces) else None
+        after = scorer.similarity(restored, reference_bank) if len(restored) == len(faces.faces) else None
         scores = after if after is not None else before
         lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s):"]
         for k, f in enumerate(faces.faces):

@@ -45,9 +45,12 @@ class FaceRestorerHandle:
         return int(self.restorer.config.resolution)
 
     def describe(self) -> str:
+        from ..restorer_core.conditioning import Capabilities
+
         cfg = self.restorer.config
-        refs = "reference attention" if cfg.method in ("instantrestore", "hybrid") else "no references"
-        prompt = "visual prompt" if cfg.vre is not None else "fixed caption"
+        caps = Capabilities.of(cfg)
+        refs = "reference attention" if caps.references else "trained without references"
+        prompt = "visual prompt" if caps.visual_prompt else "fixed caption"
         return (f"{self.name}: {cfg.method}, {cfg.resolution} px, {prompt}, {refs}, "
                 f"{str(self.dtype).replace('torch.', '')} on {self.load_device}")
 

@@ -231,3 +231,27 @@ def load_identity_embedder(
         )
     model.metadata = meta  # type: ignore[attr-defined]
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+class IdentityScorer:
+    """How much faces look like a reference bank's person: cosine similarity of each aligned
+    crop to the bank's mean identity, which is computed once per bank (by its hash)."""
+
+    def __init__(self, embedder: IdentityEmbedder):
+        self.embedder = embedder
+        self._banks: dict = {}
+
+    def bank_identity(self, bank) -> np.ndarray:
+        """Unit-length mean embedding [D] of the bank's faces."""
+        key = bank.bank_hash()
+        if key not in self._banks:
+            self._banks = {key: mean_identity(self.embedder, bank.crops_hwc())}  # the last bank only
+        return self._banks[key]
+
+    def similarity(self, crops, bank) -> list:
+        """Cosine similarity (-1..1) of aligned crops [S, S, 3] (0..1) to the bank's identity."""
+        return similarities(self.embedder, crops, self.bank_identity(bank)) if len(crops) else []
+
+    def for_selection(self, bank):
+        """faces -> similarity of each face's crop to the bank (restorer_core.locate's SimilarityFn)."""
+        return lambda faces: self.similarity([f.crop for f in faces], bank)

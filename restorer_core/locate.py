@@ -212,3 +212,52 @@ def locate_faces_batch(
         )
         out.append(sorted(report.faces, key=lambda f: f.face_index))
     return out
+
+
+# ----------------------------------------------------------------------------- full-depth crops
+
+
+def rgb_float(pixels: np.ndarray) -> np.ndarray:
+    """Any image layout -> HxWx3 float32 0..1 (alpha dropped, gray repeated)."""
+    from .imageio import to_float01
+
+    arr = np.asarray(pixels)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    arr = to_float01(arr)
+    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+
+
+def recut_full_depth(pixels: np.ndarray, faces: Sequence[AlignedFace]) -> list[AlignedFace]:
+    """The faces cut again, same geometry, from the image's own pixels (16-bit, float, gray or
+    alpha images): detection and selection saw an 8-bit RGB copy. 8-bit RGB images keep theirs."""
+    arr = np.asarray(pixels)
+    if not faces or (arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3):
+        return list(faces)
+    rgb = rgb_float(arr)
+    out = []
+    for f in faces:
+        new = align_face(rgb, f.detection, f.crop_size, f.image_index, f.face_index)
+        new.info.update(f.info)
+        out.append(new)
+    return out
+
+
+def locate_in_images(
+    images: Sequence[np.ndarray],
+    detector: FaceDetector,
+    crop_size: int = 512,
+    selection: Optional[FaceSelection] = None,
+    track: bool = True,
+    similarity_fn: Optional[SimilarityFn] = None,
+) -> list[list[AlignedFace]]:
+    """locate_faces_batch on images of any depth and layout: detected on 8-bit RGB copies,
+    cropped from the full-depth pixels (recut_full_depth)."""
+    from .imageio import to_rgb8
+
+    arrays = [np.asarray(im) for im in images]
+    found = locate_faces_batch([to_rgb8(a) for a in arrays], detector, crop_size, selection, track,
+                               similarity_fn=similarity_fn)
+    return [recut_full_depth(a, faces) for a, faces in zip(arrays, found)]

@@ -21,7 +21,7 @@ from .base import (
     nms,
 )
 
-DETECTOR_NAMES = ("yunet", "scrfd", "facexlib")
+from ..options import DETECTORS as DETECTOR_NAMES
 
 __all__ = [
     "BaseDetector",
@@ -30,6 +30,7 @@ __all__ = [
     "DetectorModelNotFoundError",
     "FaceDetector",
     "box_iou",
+    "cached_detector",
     "create_detector",
     "nms",
 ]
@@ -69,3 +70,18 @@ def create_detector(
 
         return FacexlibDetector.from_path(config, path)
     raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTOR_NAMES)}.")
+
+
+_CACHE: dict = {}
+
+
+def cached_detector(name: str = "yunet", model_path: Optional[Union[str, Path]] = None,
+                    score_threshold: Optional[float] = None) -> FaceDetector:
+    """create_detector, made once per (backend, weights file, threshold) per process and then
+    reused: ONNX sessions are slow to create. Detectors keep no state between images."""
+    path = str(Path(model_path).resolve()) if model_path not in (None, "") else None
+    threshold = None if score_threshold is None else round(float(score_threshold), 4)
+    key = (name.strip().lower(), path, threshold)
+    if key not in _CACHE:
+        _CACHE[key] = create_detector(name, path, score_threshold=threshold)
+    return _CACHE[key]
