@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .options import MODES
 
 REFERENCE_METHODS = ("instantrestore", "hybrid")  # trained with reference attention
+REFERENCE_MODES = ("references", "both")  # modes that force the references
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,14 @@ class Conditioning:
         return " + ".join(parts) or "fixed caption only"
 
 
+def check_references_given(mode: str, have_references: bool) -> None:
+    """ValueError when `mode` forces references and none are given (checkable before a model
+    is loaded; decide() checks it too)."""
+    if mode in REFERENCE_MODES and not have_references:
+        raise ValueError(f"mode {mode!r} needs reference faces: give reference photos (a folder, an "
+                         "image or a bank .safetensors), or use mode 'auto' / 'visual_prompt'")
+
+
 def decide(caps: Capabilities, mode: str, have_references: bool) -> Conditioning:
     """The conditioning for a requested mode; ValueError (what to do instead) when it cannot work.
 
@@ -67,13 +76,11 @@ def decide(caps: Capabilities, mode: str, have_references: bool) -> Conditioning
             why = f"{name} does not use references"
         prompt = "its visual prompt" if caps.visual_prompt else "the fixed caption (no visual prompt)"
         return Conditioning(use_refs, caps.visual_prompt, f"auto: {why}; {prompt}")
-    wants_refs, wants_vp = mode in ("references", "both"), mode in ("visual_prompt", "both")
+    wants_refs, wants_vp = mode in REFERENCE_MODES, mode in ("visual_prompt", "both")
     if wants_refs and not caps.references:
         raise ValueError(f"mode {mode!r}: {name} was trained without reference faces and cannot use "
                          "them; use mode 'auto'" + (" or 'visual_prompt'" if caps.visual_prompt else ""))
-    if wants_refs and not have_references:
-        raise ValueError(f"mode {mode!r} needs reference faces: give reference photos (a folder, an "
-                         "image or a bank .safetensors), or use mode 'auto' / 'visual_prompt'")
+    check_references_given(mode, have_references)
     if wants_vp and not caps.visual_prompt:
         raise ValueError(f"mode {mode!r}: {name} has no visual-prompt embedder; use mode 'references' or 'auto'")
     return Conditioning(wants_refs, wants_vp, f"{mode}: as asked")
