@@ -42,10 +42,8 @@ from gpu_speed import (DTYPES, Bench, BenchSettings, gen, rel_l2,  # noqa: E402
                        tiny_architectures)
 from restorer_core.models import sd_configs  # noqa: E402
 from restorer_core.models.config import RestorerConfig  # noqa: E402
-from restorer_core.models.fast import (FastRestorer, SpeedConfig, decode_part, encode_part,  # noqa: E402
-                                       latent_shape, unet_part)
+from restorer_core.models.fast import SpeedConfig, speed_up  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
-from restorer_core.models.upsample_fusion import fuse_upsample_convs  # noqa: E402
 
 CDT = (("coordinate_descent_tuning", True),)
 BLOG = (("conv_1x1_as_mm", True), ("coordinate_descent_tuning", True), ("epilogue_fusion", False),
@@ -91,18 +89,23 @@ def build(dev: torch.device, dtype: torch.dtype, tiny: bool) -> OneStepRestorer:
 
 
 # ------------------------------------------------------------------------------ the three parts
+# the restorer's own steps (restore_step = encode -> denoise -> decode), timed one by one
 def part_encode(restorer, x, sample_noise):
-    return encode_part(restorer, x, sample_noise)[0]
+    return restorer.encode(x, sample_noise)[0]
+
+
+def part_unet(restorer, z, time_noise, context, timestep):
+    return restorer.denoise(z, time_noise, context, timestep)
 
 
 def part_decode(restorer, x0):
-    return decode_part(restorer, x0, None)
+    return restorer.decode(x0, None)
 
 
 def graphed(fn, args: tuple, restorer, refs):
     """Capture fn(restorer, *args) with the reference K/V installed; returns a replay callable."""
     def run():
-        with restorer._injecting(refs):
+        with restorer.references_installed(refs):
             return fn(restorer, *args)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -171,7 +174,7 @@ def main(argv=None) -> int:
         eager = restorer(lq, refs, generator=gen(dev, 1)).float().cpu()
         gflop = b.gflop(lambda: restorer(lq[:1], refs, generator=gen(dev, 1)))
     result["gflop_per_face_unfused"] = gflop
-    fuse_upsample_convs(restorer)  # FLOPs of the fused model (the variants below use it when asked)
+    restorer.fuse_upsample()  # FLOPs of the fused model (the variants below use it when asked)
     with torch.no_grad():
         gflop_fused = b.gflop(lambda: restorer(lq[:1], refs, generator=gen(dev, 1)))
     result["gflop_per_face_fused"] = gflop_fused
@@ -179,7 +182,7 @@ def main(argv=None) -> int:
     del restorer
     b.reset_memory()
 
-    # 1. variants (each on a fresh model: fuse_upsample and channels_last change it)
+    # 1. variants (each on a fresh model: speed_up sets its speed-up methods, offloading included)
     for name in [v for v in a.variants.split(",") if v]:
         speed = VARIANTS[name]
         if not cuda:
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
             restorer = build(dev, dtype, a.tiny)
             with torch.no_grad():
                 refs = restorer.encode_references(ref_imgs, generator=gen(dev, 2))
-            fast = FastRestorer(restorer, speed)
+            fast = speed_up(restorer, speed)
             t = time.time()
             out = fast(lq, refs, generator=gen(dev, 1)).float().cpu()
             entry["first_call_s"] = time.time() - t
@@ -238,12 +241,12 @@ def _parts(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs, cuda: bool) 
     restorer = build(dev, dtype, a.tiny)
     with torch.no_grad():
         refs = restorer.encode_references(ref_imgs, generator=gen(dev, 2))
-    fast = FastRestorer(restorer, SpeedConfig(channels_last=pv.channels_last, fuse_upsample=pv.fuse_upsample))
+    fast = speed_up(restorer, SpeedConfig(channels_last=pv.channels_last, fuse_upsample=pv.fuse_upsample))
     inputs = fast.prepare(lq, False, gen(dev, 1))
-    shape = latent_shape(restorer.config, a.batch)
+    shape = restorer.latent_shape(inputs["x"])
     z = torch.randn(shape, device=dev, dtype=dtype)
     fns = {"vae_encode": (part_encode, (inputs["x"], inputs["sample_noise"])),
-           "unet (ref attention)": (unet_part, (z, inputs["time_noise"], inputs["context"], inputs["timestep"])),
+           "unet (ref attention)": (part_unet, (z, inputs["time_noise"], inputs["context"], inputs["timestep"])),
            "vae_decode": (part_decode, (z,))}
     for name, (fn, args) in fns.items():
         if pv.compile_mode:
@@ -253,7 +256,7 @@ def _parts(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs, cuda: bool) 
         else:
             fn_c = fn
         with torch.no_grad():
-            with restorer._injecting(refs):
+            with restorer.references_installed(refs):
                 part_gflop = b.gflop(lambda: fn(restorer, *args)) / a.batch
                 t = time.time()
                 fn_c(restorer, *args)
@@ -262,7 +265,7 @@ def _parts(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs, cuda: bool) 
                 replay, _ = graphed(fn_c, args, restorer, refs)
             else:
                 def replay(fn_c=fn_c, args=args):
-                    with restorer._injecting(refs):
+                    with restorer.references_installed(refs):
                         fn_c(restorer, *args)
             b.reset_memory()
             times = b.time_ms(replay, 3, b.s.iters)
@@ -283,7 +286,7 @@ def _profile(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs) -> None:
         refs = restorer.encode_references(ref_imgs, generator=gen(dev, 2))
     speed = SpeedConfig(channels_last=pv.channels_last, fuse_upsample=pv.fuse_upsample,
                         compile_mode=pv.compile_mode, inductor=pv.inductor)  # same compiled code, no graph
-    fast = FastRestorer(restorer, speed)
+    fast = speed_up(restorer, speed)
     for _ in range(3):
         fast(lq, refs, generator=gen(dev, 1))
     b.sync()

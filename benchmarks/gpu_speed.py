@@ -51,7 +51,7 @@ from official_style import (OfficialStyleConfig, OfficialStyleInstantRestore,  #
                             fused_state_dicts, load_into_restorer, project_config_dict)
 from restorer_core.atomic import write_text_atomic  # noqa: E402
 from restorer_core.models.config import RestorerConfig  # noqa: E402
-from restorer_core.models.fast import FastRestorer, SpeedConfig  # noqa: E402
+from restorer_core.models.fast import SpeedConfig, speed_up  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
 from restorer_core.models import sd_configs  # noqa: E402
 
@@ -329,7 +329,8 @@ def project_variants(b: Bench, dname: str, with_compile: bool) -> list:
     speed "auto" (fused upsampling, wide-head attention as matmuls, CUDA graph; the reference
     networks stay resident here, for comparison) and "compile" (+ channels_last +
     torch.compile, reference networks offloaded to the CPU as the CLI does on a GPU).
-    Order matters: the later ones change the model."""
+    Each variant sets the restorer's speed-up methods (SpeedConfig.apply_to); the offloaded
+    reference networks stay offloaded, so that variant comes last."""
     s = b.s
     out = [SpeedConfig(cuda_graph=True)] if b.cuda else []
     out.append(SpeedConfig(fuse_upsample=True, wide_head_attention=True, cuda_graph=b.cuda))
@@ -406,7 +407,7 @@ def _fast_rows(b: Bench, path: str, restorer, speed: SpeedConfig, inputs: Inputs
                dname: str, gflop: Optional[float]) -> None:
     s = b.s
     try:
-        fast = FastRestorer(restorer, speed)
+        fast = speed_up(restorer, speed)  # sets the restorer's speed-up methods as the variant says
     except Exception as exc:  # noqa: BLE001
         b.record(Row(path, speed.label(), dname, 0, error=f"{type(exc).__name__}: {exc}"))
         return
@@ -429,7 +430,7 @@ def _fast_rows(b: Bench, path: str, restorer, speed: SpeedConfig, inputs: Inputs
             times = b.time_ms(lambda: fast(lq, refs, generator=gen(b.dev, 1)), s.warmup, s.iters)
             if speed.offload_references:  # a bank build brings the networks over and back
                 with torch.no_grad():
-                    kv = fast.encode_references(inputs.refs, generator=gen(b.dev, 2))
+                    kv = restorer.encode_references(inputs.refs, generator=gen(b.dev, 2))
                 err = max(rel_l2(x, y) for x, y in zip(kv.keys + kv.values, refs.keys + refs.values))
                 again = rel_l2(fast(lq, refs, generator=gen(b.dev, 1)).float().cpu(), out)
                 row.note += (f"; ref nets on {restorer.ref_unet.conv_in.weight.device.type}, bank rebuilt "
