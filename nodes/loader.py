@@ -95,9 +95,10 @@ class LoadFaceRestorer:
             "optional": {
                 "speed": (list(SPEEDS), {"default": "auto",
                           "tooltip": "auto: CUDA graphs on a GPU (captured per node run, freed after "
-                                     "it) and upsampling convs at low resolution; compile: also "
-                                     "torch.compile (fastest, ~1 min of compiling per batch size); "
-                                     "eager: the plain model. All give the same faces."}),
+                                     "it); upsampling convs at low resolution on the CPU; compile: "
+                                     "also torch.compile, with low-resolution upsampling on the GPU "
+                                     "too (fastest, ~1 min of compiling per batch size); eager: the "
+                                     "plain model. All give the same faces."}),
             },
         }
 

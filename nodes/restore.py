@@ -19,8 +19,9 @@ CATEGORY = "face restore/one-step"
 def restore_inputs() -> dict:
     return {
         "mode": (list(ops.MODES), {"default": "auto",
-                 "tooltip": "auto: references when a bank is connected, plus the visual prompt when the "
-                            "model has one. references / visual_prompt / both / none force a conditioning."}),
+                 "tooltip": "auto: references when a bank is connected and the model was trained with "
+                            "them, plus the visual prompt when the model has one. references / "
+                            "visual_prompt / both / none force a conditioning."}),
         "max_refs": ("INT", {"default": 4, "min": 1, "max": 16,
                      "tooltip": "Reference faces used from the bank (the largest ones)."}),
         "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
