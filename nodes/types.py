@@ -10,10 +10,13 @@ the same object to several nodes, so every node builds new ones.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..restorer_core.pipeline import FaceRestorePipeline
 
 FACE_RESTORER = "FACE_RESTORER"
 FACES = "FACES"
@@ -30,7 +33,7 @@ class FaceRestorerHandle:
     """
 
     name: str
-    pipeline: Any
+    pipeline: "FaceRestorePipeline"
     patcher: Any
     load_device: torch.device
     dtype: torch.dtype

@@ -96,6 +96,7 @@ class IdentityEmbedder(nn.Module):
     def __init__(self, config: IdentityConfig = IdentityConfig()):
         super().__init__()
         self.config = config
+        self.metadata: dict = {}  # the file's safetensors metadata, when loaded from one
         c = config
         layers: list[nn.Module] = [
             ConvBN(3, c.stem_channels, 3, 2),
@@ -229,7 +230,7 @@ def load_identity_embedder(
             f"{path} does not fit the embedder architecture in its own metadata (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); re-export it."
         )
-    model.metadata = meta  # type: ignore[attr-defined]
+    model.metadata = meta
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -26,6 +26,11 @@ from .paste import PasteConfig, paste_faces
 from .reference_cache import ReferenceCache
 from .report import RESTORED, UNCHANGED, FaceRecord, ImageRecord
 from .select import FaceSelection
+
+if TYPE_CHECKING:
+    from .bank import ReferenceBank
+    from .identity import IdentityEmbedder
+    from .models.restorer import OneStepRestorer
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -144,8 +149,8 @@ class FaceRestorePipeline:
     "similar" works and reports carry each face's similarity to the bank.
     """
 
-    def __init__(self, restorer: Any, device: Any = None, dtype: Optional[torch.dtype] = None,
-                 identity: Any = None, speed: Any = "auto"):
+    def __init__(self, restorer: "OneStepRestorer", device: Any = None, dtype: Optional[torch.dtype] = None,
+                 identity: Optional["IdentityEmbedder"] = None, speed: Any = "auto"):
         if device is not None or dtype is not None:
             restorer = restorer.to(device=device, dtype=dtype)
         self.restorer = restorer.eval()
@@ -193,7 +198,7 @@ class FaceRestorePipeline:
         """Faces are cut at >= 512 px so that paste-back (and detail transfer) keep large faces sharp."""
         return int(options.crop_size or max(self.resolution, 512))
 
-    def conditioning(self, bank: Any, options: RestoreOptions) -> Conditioning:
+    def conditioning(self, bank: Optional["ReferenceBank"], options: RestoreOptions) -> Conditioning:
         """What the restorer will be conditioned on with this bank and mode, and why
         (restorer_core.conditioning decides); ValueError saying what to do when it cannot work."""
         have_refs = bank is not None and len(bank) > 0
