@@ -164,3 +164,13 @@ def test_facexlib_adapter_converts_rows_and_scales_back():
     assert len(faces) == 1 and faces[0].score == pytest.approx(0.93)
     assert np.allclose(faces[0].box, [20, 40, 180, 260])
     assert np.allclose(faces[0].landmarks[0], [60, 120]) and np.allclose(faces[0].landmarks[4], [130, 200])
+
+
+def test_cached_detector_is_made_once_per_backend_file_and_threshold():
+    """The one detector factory the pipeline and the nodes share: ONNX sessions are made once."""
+    from restorer_core.detect import cached_detector
+
+    a = cached_detector("yunet", None, 0.6)
+    assert cached_detector("yunet", "", 0.6000001) is a  # same weights, same threshold (rounded)
+    b = cached_detector("yunet", None, 0.8)
+    assert b is not a and b.config.score_threshold == pytest.approx(0.8)

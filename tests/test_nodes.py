@@ -314,6 +314,24 @@ def test_mode_needing_references_without_bank_is_a_clear_error(N, handle, blake)
         N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "mode": "references"})
 
 
+def test_restorer_trained_without_references_ignores_a_bank_and_says_why(pack, N, blake, bank):
+    """An OSDFace-type restorer with a bank in auto: the same faces as without the bank, and the
+    loader text and restore report say why (the library's conditioning decision)."""
+    folder = Path(folder_paths.models_dir) / "face_restore_onestep"
+    harness.write_tiny_restorer(pack, folder / "tiny_osd.safetensors", seed=2, method="osdface")
+    osd = N["OneStepLoadFaceRestorer"].load("tiny_osd.safetensors", "none", "auto", "auto", False)[0]
+    assert "trained without references" in osd.describe()
+    faces = detect(N, blake)[0]
+    with_bank, _, report = N["OneStepRestore"].restore(osd, faces, **RESTORE, reference_bank=bank)
+    without, _, _ = N["OneStepRestore"].restore(osd, faces, **RESTORE)
+    for a, b in zip(with_bank.faces, without.faces):
+        np.testing.assert_array_equal(a.restored, b.restored)
+    assert "conditioning: visual prompt" in report and "trained without references" in report
+    assert "cache" not in report  # no reference keys/values were computed
+    with pytest.raises(ValueError, match="trained without reference"):
+        N["OneStepRestore"].restore(osd, faces, **{**RESTORE, "mode": "references"}, reference_bank=bank)
+
+
 def test_paste_refuses_faces_from_another_batch(N, handle, blake, adult):
     faces = detect(N, blake)[0]
     restored = N["OneStepRestore"].restore(handle, faces, **RESTORE)[0]
