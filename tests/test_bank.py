@@ -226,3 +226,23 @@ def test_in_memory_bank_caches_under_env_dir(chang_bank, restorer, tmp_path, mon
     assert chang_bank.path is None
     _, info = load_or_compute_reference_kv(chang_bank, restorer, max_refs=1)
     assert info.path.parent == tmp_path / "envcache" and info.path.is_file()
+
+
+def test_cache_keeps_the_reference_identity(chang_bank, tmp_path, monkeypatch):
+    """Restorers with a reference-identity channel get ReferenceKV.identity from encode_references;
+    a cache hit gives it back unchanged (and a hit without it would change their output)."""
+    from restorer_core.models.reference_kv import ReferenceKV
+
+    model = make_restorer(3)
+    encode = model.encode_references
+
+    def with_identity(refs, *args, **kwargs):
+        kv = encode(refs, *args, **kwargs)
+        ident = torch.randn(kv.keys[0].shape[0], kv.num_refs, 8, generator=torch.Generator().manual_seed(4))
+        return ReferenceKV(kv.layers, kv.keys, kv.values, kv.mask, ident)
+
+    monkeypatch.setattr(model, "encode_references", with_identity)
+    computed, info = load_or_compute_reference_kv(chang_bank, model, max_refs=2, cache_dir=tmp_path)
+    cached, info2 = load_or_compute_reference_kv(chang_bank, model, max_refs=2, cache_dir=tmp_path)
+    assert (info.status, info2.status) == ("miss", "hit")
+    assert computed.identity is not None and torch.equal(cached.identity, computed.identity)

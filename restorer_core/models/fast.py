@@ -242,13 +242,15 @@ class FastRestorer:
             self._graphs[key] = captured
         return captured.replay(inputs, refs)
 
-    def prepare(self, lq: torch.Tensor, use_visual_prompt: bool, generator=None) -> dict:
+    def prepare(self, lq: torch.Tensor, use_visual_prompt: bool, generator=None,
+                refs: Optional[ReferenceKV] = None) -> dict:
         """restore_step's inputs for a batch, as forward makes them (for benchmarks and tests)."""
         r = self.restorer
         x = r.model_input(lq)
         noise = r.draw_noise(x, generator)
+        context = r.with_reference_tokens(r.prompt(x, use_visual_prompt), refs)
         return dict(x=x, sample_noise=noise.sample, time_noise=noise.time,
-                    context=r.prompt(x, use_visual_prompt).contiguous(), timestep=r.timestep_tensor(x.device))
+                    context=context.contiguous(), timestep=r.timestep_tensor(x.device))
 
     def release_graphs(self) -> None:
         """Free the captured graphs and their buffers (e.g. after the batch size changes)."""
