@@ -25,11 +25,14 @@ class Capabilities:
     method: str
     references: bool
     visual_prompt: bool
+    reference_identity: bool = False  # the references' face-ID tokens join the prompt (config.ref_id)
 
     @classmethod
     def of(cls, config) -> "Capabilities":
-        """From a RestorerConfig: reference attention by method, a visual prompt when it has a VRE."""
-        return cls(config.method, config.method in REFERENCE_METHODS, config.vre is not None)
+        """From a RestorerConfig: reference attention by method, a visual prompt when it has a VRE,
+        the reference-identity channel when it declares one."""
+        return cls(config.method, config.method in REFERENCE_METHODS, config.vre is not None,
+                   config.ref_id is not None)
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,13 @@ class Conditioning:
     use_references: bool
     use_visual_prompt: bool
     reason: str
+    use_reference_identity: bool = False  # follows use_references on restorers with the channel
 
     def describe(self) -> str:
         """"references + visual prompt", "visual prompt", ..., "fixed caption only"."""
-        parts = (["references"] if self.use_references else []) + (["visual prompt"] if self.use_visual_prompt else [])
+        parts = (["references"] if self.use_references else []) + \
+                (["reference identity"] if self.use_reference_identity else []) + \
+                (["visual prompt"] if self.use_visual_prompt else [])
         return " + ".join(parts) or "fixed caption only"
 
 
@@ -75,7 +81,8 @@ def decide(caps: Capabilities, mode: str, have_references: bool) -> Conditioning
         else:
             why = f"{name} does not use references"
         prompt = "its visual prompt" if caps.visual_prompt else "the fixed caption (no visual prompt)"
-        return Conditioning(use_refs, caps.visual_prompt, f"auto: {why}; {prompt}")
+        return Conditioning(use_refs, caps.visual_prompt, f"auto: {why}; {prompt}",
+                            use_refs and caps.reference_identity)
     wants_refs, wants_vp = mode in REFERENCE_MODES, mode in ("visual_prompt", "both")
     if wants_refs and not caps.references:
         raise ValueError(f"mode {mode!r}: {name} was trained without reference faces and cannot use "
@@ -83,4 +90,4 @@ def decide(caps: Capabilities, mode: str, have_references: bool) -> Conditioning
     check_references_given(mode, have_references)
     if wants_vp and not caps.visual_prompt:
         raise ValueError(f"mode {mode!r}: {name} has no visual-prompt embedder; use mode 'references' or 'auto'")
-    return Conditioning(wants_refs, wants_vp, f"{mode}: as asked")
+    return Conditioning(wants_refs, wants_vp, f"{mode}: as asked", wants_refs and caps.reference_identity)

@@ -66,6 +66,14 @@ def test_decision_table(kind, mode, have_refs):
         assert "trained without references" in cond.reason and "not used" in cond.reason
 
 
+def test_reference_identity_channel_follows_the_references():
+    caps = Capabilities("hybrid", True, True, reference_identity=True)
+    assert decide(caps, "auto", True).describe() == "references + reference identity + visual prompt"
+    assert not decide(caps, "auto", False).use_reference_identity
+    assert not decide(caps, "visual_prompt", True).use_reference_identity
+    assert not decide(caps_of("hybrid"), "auto", True).use_reference_identity
+
+
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="mode must be one of"):
         decide(caps_of("hybrid"), "fastest", False)

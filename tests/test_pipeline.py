@@ -243,7 +243,7 @@ class _IdentityRestorer(torch.nn.Module):
     def __init__(self, resolution: int):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.config = type("Cfg", (), {"resolution": resolution, "method": "osdface", "vre": None})()
+        self.config = type("Cfg", (), {"resolution": resolution, "method": "osdface", "vre": None, "ref_id": None})()
 
     @property
     def device(self):
