@@ -6,10 +6,11 @@ One network pass per face. `forward` reads as the method, one named step per lin
     x      = self.model_input(lq)               # 0..1 -> -1..1
     noise  = self.draw_noise(x, generator)      # every random number, in a fixed order
     prompt = self.prompt(x, cond.use_visual_prompt)  # constant caption or visual prompt
+    refs   = refs if cond.use_references else None
     prompt = self.with_reference_tokens(prompt, refs)  # + reference-identity tokens (config.ref_id)
     with self.references_installed(refs):       # reference K/V for the up-block self-attention
         img = self.restore_step(x, noise, prompt, timestep)  # encode -> denoise -> decode
-    return self.model_output(img)               # -1..1 -> 0..1
+    return self.model_output(img, lq.dtype)     # -1..1 -> 0..1
 
 `restore_step` is the whole network computation with no randomness and no host reads, the
 only code that runs the restoring UNet (`denoise`); the speed wrapper (models/fast.py:
