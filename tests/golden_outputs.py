@@ -108,7 +108,10 @@ def restore_family_with_cli(out_dir: Path) -> np.ndarray:
     from restorer_core.cli import main
     from restorer_core.imageio import load_image
 
-    code = main(["restore", str(FAMILY_INPUT), "--out", str(out_dir), "--quiet", "--device", "cpu"])
+    # the settings of the recording spelled out, so that a later change of a default does not
+    # read as a change of the restore path
+    code = main(["restore", str(FAMILY_INPUT), "--out", str(out_dir), "--quiet", "--device", "cpu",
+                 "--strength", "1", "--speed", "auto", "--mode", "auto", "--seed", "0", "--dtype", "fp32"])
     if code != 0:
         raise RuntimeError(f"restore exited with {code}")
     return load_image(out_dir / "family_10045_restored.png").pixels
