@@ -246,3 +246,31 @@ def test_cache_keeps_the_reference_identity(chang_bank, tmp_path, monkeypatch):
     cached, info2 = load_or_compute_reference_kv(chang_bank, model, max_refs=2, cache_dir=tmp_path)
     assert (info.status, info2.status) == ("miss", "hit")
     assert computed.identity is not None and torch.equal(cached.identity, computed.identity)
+
+
+def test_restorer_with_identity_channel_gets_the_same_faces_from_a_cache_hit(chang_bank, tmp_path):
+    """A real reference-identity restorer (config.ref_id, frozen face-ID network): the pipeline's
+    first run computes and caches the K/V and identity, a new pipeline reads them back, and the
+    speed runner gives the plain forward's faces."""
+    from restorer_core.models.restorer import OneStepRestorer
+    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.faces import AlignedFace, DetectedFace
+
+    cfg = tiny_config()
+    cfg.ref_id = {"tokens": 2}
+    torch.manual_seed(0)
+    model = OneStepRestorer(cfg).eval()
+    with torch.no_grad():
+        model.ref_id_proj.proj.weight.mul_(50)  # a visible channel
+    rng = np.random.default_rng(1)
+    det = DetectedFace(np.array([0, 0, 64, 64], np.float32), 0.9, np.zeros((5, 2), np.float32))
+    face = AlignedFace(crop=rng.random((64, 64, 3), dtype=np.float32), matrix=np.eye(2, 3),
+                       inverse=np.eye(2, 3), detection=det)
+    options = RestoreOptions(cache_dir=str(tmp_path), max_refs=2)
+    eager = FaceRestorePipeline(model, speed="eager")
+    first = eager.restore_faces([face], chang_bank, options)[0].restored
+    assert eager.last_cache_info.status == "miss" and eager.conditioning(chang_bank, options).use_reference_identity
+    fast = FaceRestorePipeline(model, speed="auto")  # fused upsampling on the CPU
+    again = fast.restore_faces([face], chang_bank, options)[0].restored
+    assert fast.last_cache_info.status == "hit"
+    np.testing.assert_allclose(again, first, atol=2e-5)
