@@ -37,7 +37,7 @@ def test_references_carry_their_identity_and_it_steers_the_output():
     lq = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         kv = m.encode_references(refs)
-        assert kv.identity.shape == (1, 3, m.face_id.embedding_dim)
+        assert kv.identity.shape == (1, 3, m.ref_id_proj.proj.in_features)
         want = m.face_id(refs)
         assert torch.allclose(kv.identity[0], want, atol=1e-5)
         base = m(lq, kv, mode="both")
@@ -49,6 +49,12 @@ def test_references_carry_their_identity_and_it_steers_the_output():
     assert (base - moved).abs().max() > 1e-3
     assert (base - no_id).abs().max() > 1e-3
     assert torch.equal(none, none_again)
+
+
+def test_the_face_id_network_stays_frozen_in_training_mode():
+    m = _model().train()
+    assert not m.face_id.training and m.unet.training
+    assert not any(p.requires_grad for p in m.face_id.parameters())
 
 
 def test_a_restorer_without_the_channel_ignores_identity():

@@ -44,8 +44,9 @@ class RestorerConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prompt_tokens: int = 77
-    # reference-identity channel (models/ref_identity.py): {"tokens": T} appends T tokens made from
-    # the references' face-ID embeddings to the prompt when references are used; None: absent
+    # reference-identity channel (models/ref_identity.py): {"tokens": T, "network": NAME} appends T
+    # tokens made from the references' face-ID embeddings (NAME: "identity_embedder", the default,
+    # or "mobilefacenet") to the prompt when references are used; None: absent
     ref_id: Optional[dict] = None
     notes: dict = field(default_factory=dict)
 
@@ -58,6 +59,9 @@ class RestorerConfig:
             raise ValueError(f"timestep {self.timestep} outside [0, {self.num_train_timesteps})")
         if self.ref_id is not None and int(self.ref_id.get("tokens", 0)) < 1:
             raise ValueError(f"ref_id needs a positive 'tokens' count, got {self.ref_id!r}")
+        if self.ref_id is not None and self.ref_id.get("network", "identity_embedder") not in (
+                "identity_embedder", "mobilefacenet"):
+            raise ValueError(f"ref_id network must be 'identity_embedder' or 'mobilefacenet', got {self.ref_id!r}")
         if self.freeu is not None:
             self.freeu = tuple(float(v) for v in self.freeu)
             if len(self.freeu) != 4:

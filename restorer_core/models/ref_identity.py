@@ -4,7 +4,8 @@ Shared attention lets the restoring UNet copy *appearance* from the references' 
 severely degraded input gives it little to match them with. This second channel hands the UNet
 the person's identity directly: the mean face-recognition embedding of the valid references,
 projected to a few cross-attention tokens appended to the prompt (as IP-Adapter does with image
-embeddings). Declared by ``RestorerConfig.ref_id`` (``{"tokens": T}``); absent, nothing changes.
+embeddings). Declared by ``RestorerConfig.ref_id`` (``{"tokens": T, "network": NAME}``); absent,
+nothing changes. The face-ID network is frozen and its weights travel inside the restorer's file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+FACE_ID_NETWORKS = ("identity_embedder", "mobilefacenet")
+
+
+def build_face_id_network(name: str) -> tuple[nn.Module, int]:
+    """(frozen eval-mode network, embedding size) for ``ref_id["network"]``, with the shipped
+    weights (a restorer file then overwrites them with its own copy)."""
+    if name == "identity_embedder":
+        from ..identity import load_identity_embedder
+
+        net = load_identity_embedder()
+        return net, int(net.config.embedding_dim)
+    if name == "mobilefacenet":
+        from ..face_id import load_face_id
+
+        net = load_face_id()
+        return net, int(net.embedding_dim)
+    raise ValueError(f"ref_id network must be one of {FACE_ID_NETWORKS}, got {name!r}")
 
 
 def pooled_identity(identity: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ..digest import tensors_sha256
 from . import vae_io
 from .attention import RecordingDone, ReferenceContext, install_processors, set_attention_backend
 from .config import RestorerConfig
-from .ref_identity import ReferenceIdentityTokens, pooled_identity
+from .ref_identity import ReferenceIdentityTokens, build_face_id_network, pooled_identity
 from .reference_kv import ReferenceKV
 from .schedule import add_noise, alphas_cumprod, predict_x0
 from .upsample_fusion import fuse_upsample_convs, unfuse_upsample_convs
@@ -93,12 +93,10 @@ class OneStepRestorer(nn.Module):
             self.vre = VisualPromptEmbedder(**config.vre)
         self.face_id = self.ref_id_proj = None
         if config.ref_id is not None:
-            from ..face_id import load_face_id
-
             # frozen face-recognition network; its weights travel in the restorer's file
-            self.face_id = load_face_id().eval().requires_grad_(False)
-            self.ref_id_proj = ReferenceIdentityTokens(
-                self.face_id.embedding_dim, config.ref_id["tokens"], config.cross_attention_dim)
+            self.face_id, dim = build_face_id_network(config.ref_id.get("network", "identity_embedder"))
+            self.face_id.eval().requires_grad_(False)
+            self.ref_id_proj = ReferenceIdentityTokens(dim, config.ref_id["tokens"], config.cross_attention_dim)
         self.prompt_embeds = nn.Parameter(
             torch.zeros(1, config.prompt_tokens, config.cross_attention_dim), requires_grad=False)
         # Not a buffer: .half()/.to(bf16) must never round the schedule (bf16 makes alpha_bar[1] == 1).
@@ -120,6 +118,12 @@ class OneStepRestorer(nn.Module):
         self._speed = {"fuse_upsample": False, "attention": "sdpa", "channels_last": False}
 
     # ----------------------------------------------------------------------------- properties
+    def train(self, mode: bool = True) -> "OneStepRestorer":
+        super().train(mode)
+        if self.face_id is not None:
+            self.face_id.eval()  # frozen: its BatchNorm statistics never follow a training batch
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.prompt_embeds.device

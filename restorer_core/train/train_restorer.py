@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from ..atomic import atomic_path
@@ -64,6 +65,7 @@ class TrainConfig:
     val_samples: int = 96
     seed: int = 0
     identity_weights: Optional[str] = None  # None: the restorer's own face-ID network (or the shipped one)
+    face_id_network: str = "identity_embedder"  # identity loss and reference-identity channel
     mixed_precision: str = "bf16"
     resolution: int = 128
     log_every: int = 50
@@ -217,7 +219,7 @@ def build_model(cfg: TrainConfig, device) -> OneStepRestorer:
     started from ``cfg.init`` when given (parts the file lacks keep their fresh initialisation)."""
     rconf: RestorerConfig = small_default_config(cfg.resolution)
     if cfg.ref_id_tokens > 0:
-        rconf.ref_id = {"tokens": int(cfg.ref_id_tokens)}
+        rconf.ref_id = {"tokens": int(cfg.ref_id_tokens), "network": cfg.face_id_network}
     model = OneStepRestorer(rconf)
     if cfg.init:
         from ..loaders.project_format import load_restorer
@@ -248,12 +250,14 @@ def train(cfg: TrainConfig) -> dict:
 
     identity = None
     if cfg.weights.identity > 0:
-        from ..face_id import load_face_id
-
-        if cfg.identity_weights or model.face_id is None:
-            identity = load_face_id(cfg.identity_weights)
+        if model.face_id is not None and not cfg.identity_weights:
+            identity = model.face_id  # the channel's own frozen network
         else:
-            identity = model.face_id
+            from ..models.ref_identity import build_face_id_network
+
+            identity = build_face_id_network(cfg.face_id_network)[0]
+            if cfg.identity_weights:
+                identity.load_state_dict(load_file(cfg.identity_weights))
         identity = identity.to(device).eval().requires_grad_(False)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -403,6 +407,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="project-format restorer to start from")
     p.add_argument("--ref-id-tokens", type=int, default=TrainConfig.ref_id_tokens)
+    p.add_argument("--face-id-network", default=TrainConfig.face_id_network,
+                   choices=("identity_embedder", "mobilefacenet"))
     p.add_argument("--d-lr", type=float, default=TrainConfig.d_lr)
     p.add_argument("--gan-warmup-steps", type=int, default=TrainConfig.gan_warmup_steps)
     p.add_argument("--clean-prob", type=float, default=TrainConfig.clean_prob)
