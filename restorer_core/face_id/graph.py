@@ -26,7 +26,8 @@ _CONV_OPS = {"_FusedConv2D", "Conv2D", "FusedDepthwiseConv2dNative", "DepthwiseC
 _UNARY = {"Relu", "Relu6", "Abs", "Neg", "Square", "Sqrt", "Rsqrt", "Sigmoid", "Tanh", "Identity", "Elu"}
 _BINARY = {"Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "BiasAdd"}
 _REDUCE = {"Sum", "Mean", "Max"}
-_OTHER = {"Squeeze", "_PRelu", "AddN"}
+_OTHER = {"Squeeze", "_PRelu", "AddN", "Pad", "Reshape", "MatMul", "_FusedMatMul"}
+_BAKED = _REDUCE | {"Pad", "Reshape"}  # ops whose second input is an integer constant baked into attrs
 SUPPORTED_OPS = _CONV_OPS | _UNARY | _BINARY | _REDUCE | _OTHER
 _FUSED = {"BiasAdd", "Relu", "Relu6", "Prelu", "LeakyRelu", "Sigmoid", "Elu"}
 _NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
@@ -53,7 +54,7 @@ def _json_attrs(op: str, attrs: dict) -> dict:
     """The attributes the interpreter uses, as JSON-safe values."""
     keep = {
         "strides", "padding", "dilations", "fused_ops", "explicit_paddings", "squeeze_dims",
-        "keep_dims", "leakyrelu_alpha", "data_format", "epsilon",
+        "keep_dims", "leakyrelu_alpha", "data_format", "epsilon", "transpose_a", "transpose_b",
     }
     out = {}
     for k, v in attrs.items():
@@ -128,9 +129,12 @@ def program_from_graph(
             bad = [f for f in attrs["fused_ops"] if f not in _FUSED]
             if bad:
                 raise TfjsFormatError(f"node {name!r} fuses unsupported ops {bad}.")
-        if node.op in _REDUCE:  # the axis is a constant input: bake it into the step
-            axis = np.asarray(graph.weights[inputs[1]]).reshape(-1).astype(int).tolist()
-            attrs["axis"] = axis
+        if node.op in _BAKED:  # axis / paddings / shape: a constant input baked into the step
+            if len(inputs) < 2 or inputs[1] not in graph.weights:
+                raise TfjsFormatError(f"node {name!r} ({node.op}) needs a constant second input.")
+            value = np.asarray(graph.weights[inputs[1]]).astype(int)
+            key = {"Pad": "paddings", "Reshape": "shape"}.get(node.op, "axis")
+            attrs[key] = value.tolist() if node.op == "Pad" else value.reshape(-1).tolist()
             inputs = inputs[:1]
         steps.append(Step(name, node.op, inputs, attrs))
         for pos, ref in enumerate(inputs):
@@ -349,6 +353,37 @@ class GraphModule(nn.Module):
                     y = t.mean(dim=dims, keepdim=keep)
                 else:
                     y = t.amax(dim=dims, keepdim=keep)
+            elif op == "Pad":
+                t = a[0]
+                pads = s.attrs["paddings"]
+                if t.ndim == 4:  # NHWC paddings -> F.pad order (W, H, C, N) on NCHW
+                    order = [2, 1, 3, 0]
+                else:
+                    order = list(range(t.ndim - 1, -1, -1))
+                flat = [v for d in order for v in pads[d]]
+                y = F.pad(t, flat)
+            elif op == "Reshape":
+                t = a[0]
+                if t.ndim == 4:
+                    t = t.permute(0, 2, 3, 1)  # reshape follows TF's NHWC element order
+                y = t.reshape(s.attrs["shape"])
+                if y.ndim == 4:
+                    y = y.permute(0, 3, 1, 2)
+            elif op in ("MatMul", "_FusedMatMul"):
+                p, q = a[0], a[1]
+                if s.attrs.get("transpose_a"):
+                    p = p.T
+                if s.attrs.get("transpose_b"):
+                    q = q.T
+                y = p @ q.to(p.dtype)
+                fused = list(s.attrs.get("fused_ops", []))
+                extra = list(a[2:])
+                if fused and fused[0] == "BiasAdd":
+                    y = y + extra.pop(0)
+                    fused = fused[1:]
+                for f in fused:
+                    y = {"Relu": F.relu, "Relu6": lambda v: v.clamp(0, 6), "Sigmoid": torch.sigmoid,
+                         "Elu": F.elu}[f](y) if f != "Prelu" else F.prelu(y, extra.pop(0).reshape(-1))
             elif op == "Squeeze":
                 t = a[0]
                 dims = s.attrs.get("squeeze_dims") or [i for i, n in enumerate(t.shape) if n == 1]
