@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..align import invert_affine, similarity_transform, template_landmarks
+from ..align import compose_affine, invert_affine, similarity_transform, template_landmarks
 
 # InsightFace's 112x112 template (arcface_torch / insightface.utils.face_align), detector order:
 # image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
@@ -65,13 +65,14 @@ def warp_ffhq_to_arcface(crops: torch.Tensor, out_size: int = 112) -> torch.Tens
     if crops.ndim != 4 or crops.shape[-1] != crops.shape[-2]:
         raise ValueError(f"expected square crops [B, C, S, S], got {tuple(crops.shape)}")
     size = int(crops.shape[-1])
+    matrix = ffhq_to_arcface_matrix(size, out_size)
     target = prescale_size(size, out_size)
     if target != size:
         crops = F.interpolate(crops, size=(target, target), mode="bilinear", align_corners=False, antialias=True)
+        r = target / size  # pixel centres: q = (p + 0.5) * r - 0.5
+        matrix = compose_affine(invert_affine(np.array([[r, 0.0, 0.5 * r - 0.5], [0.0, r, 0.5 * r - 0.5]])), matrix)
         size = target
-    theta = torch.as_tensor(
-        affine_theta(ffhq_to_arcface_matrix(size, out_size), size, out_size), dtype=crops.dtype, device=crops.device
-    )
+    theta = torch.as_tensor(affine_theta(matrix, size, out_size), dtype=crops.dtype, device=crops.device)
     grid = F.affine_grid(theta.expand(crops.shape[0], 2, 3), [crops.shape[0], crops.shape[1], out_size, out_size],
                          align_corners=False)
     return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
