@@ -187,8 +187,9 @@ def warnings_into(report: "RunReport") -> Iterator[None]:
             yield
         finally:
             for w in caught:
-                module = getattr(w.category, "__module__", "") or ""
-                source = module.split(".")[0] or "python"
+                parts = Path(str(w.filename)).parts
+                source = (parts[parts.index("site-packages") + 1] if "site-packages" in parts
+                          else Path(str(w.filename)).stem)
                 report.note(f"warning ({source} {w.category.__name__}): {str(w.message).splitlines()[0]}")
 
 
@@ -207,9 +208,11 @@ def _save_face_crops(result: "ImageResult", input_path: Path, folder: Path, mark
     return written
 
 
-def _save_result(result: "ImageResult", loaded: "LoadedImage", settings: RunSettings, marker: dict) -> Path:
+def _save_result(result: "ImageResult", loaded: "LoadedImage", settings: RunSettings, marker: dict,
+                 same: Callable[[Path], bool]) -> Path:
     """Write one image: restored pixels with the input's metadata and our marker, or the input's
-    own bytes when nothing changed."""
+    own bytes when nothing changed. When another run writes the same output under the name
+    meanwhile (same(path)), that file is the result and nothing more is written."""
     from .imageio import ImageWriteError, keep_gray, save_image
     from .outputs import copy_no_clobber
 
@@ -218,12 +221,12 @@ def _save_result(result: "ImageResult", loaded: "LoadedImage", settings: RunSett
     if result.record.status == "unchanged" and settings.output_format == "keep":
         suffix = src.suffix if src.suffix.lower() in IMAGE_EXTENSIONS else ".png"
         return write_no_clobber(lambda: free_path(settings.out_dir, stem, suffix),
-                                lambda p: copy_no_clobber(src, p))
+                                lambda p: copy_no_clobber(src, p), same=same)
     suffix = output_suffix(src, settings.output_format, loaded.bit_depth, loaded.alpha is not None)
     pixels = keep_gray(result.pixels, loaded.pixels)
     return write_no_clobber(lambda: free_path(settings.out_dir, stem, suffix),
                             lambda p: save_image(p, pixels, metadata=loaded.metadata, marker=marker),
-                            (ImageWriteError, FileExistsError))
+                            (ImageWriteError, FileExistsError), same=same)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -246,7 +249,7 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
     from .errors import CancelledError
     from .imageio import load_image
     from .orientation import restore_any_rotation
-    from .outputs import PreviousOutputs, file_sha256, find_done_output, output_marker
+    from .outputs import PreviousOutputs, file_sha256, find_done_output, is_output_of, output_marker
     from .report import CANCELLED, DONE, FAILED, ImageRecord, RunReport
 
     report = report or RunReport()
@@ -352,7 +355,9 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
                                 record.note = "written meanwhile by another run with the same settings; kept"
                             else:
                                 marker = output_marker(image.path, sha, digest)
-                                record.output = str(_save_result(result, image, settings, marker))
+                                same = (lambda p, path=image.path, sha=sha: settings.resume
+                                        and is_output_of(p, path, sha, digest))
+                                record.output = str(_save_result(result, image, settings, marker, same))
                                 if settings.save_faces and result.faces:
                                     record.saved_faces = _save_face_crops(result, image.path,
                                                                           settings.out_dir / "faces", marker)

@@ -44,9 +44,11 @@ def free_path(folder: Path, stem: str, suffix: str) -> Path:
 
 
 def write_no_clobber(target_for: Callable[[], Path], write: Callable[[Path], object],
-                     exists_errors: tuple = (FileExistsError,)) -> Path:
-    """Call write(path) for the next free path; retry with the next name when another process
-    takes the name meanwhile (write raises one of `exists_errors` and the path now exists)."""
+                     exists_errors: tuple = (FileExistsError,),
+                     same: Optional[Callable[[Path], bool]] = None) -> Path:
+    """Call write(path) for the next free path; when another process takes the name meanwhile
+    (write raises one of `exists_errors` and the path now exists), return that path if
+    same(path) says it holds what we were writing, else retry with the next name."""
     for _ in range(1000):
         path = target_for()
         try:
@@ -55,6 +57,8 @@ def write_no_clobber(target_for: Callable[[], Path], write: Callable[[Path], obj
         except exists_errors:
             if not path.exists():
                 raise
+            if same is not None and same(path):
+                return path
     raise FileExistsError("could not find a free output file name after 1000 tries")
 
 
@@ -126,28 +130,29 @@ class PreviousOutputs:
         return found
 
 
+def is_output_of(path: Path, input_path: Path, input_sha256: str, digest: str,
+                 previous: Optional[PreviousOutputs] = None) -> bool:
+    """`path` is this tool's output of these input bytes with these settings (see module doc)."""
+    from .imageio import read_output_marker
+
+    if path.resolve() == input_path.resolve() or not path.is_file():
+        return False
+    marker = read_output_marker(path)
+    if marker is not None:
+        return marker.get("input_sha256") == input_sha256 and marker.get("settings") == digest
+    if previous is not None and previous.by_output.get(path.name) == (input_sha256, digest):
+        return True
+    return path.stat().st_size == input_path.stat().st_size and file_sha256(path) == input_sha256
+
+
 def find_done_output(input_path: Path, input_sha256: str, digest: str, out_dir: Path,
                      previous: PreviousOutputs) -> Optional[Path]:
     """The output an earlier run made from these input bytes with these settings, or None."""
-    from .imageio import read_output_marker
-
     from .imageio import IMAGE_EXTENSIONS
 
-    size = None
     for path in candidate_outputs(out_dir, input_path.stem, (input_path.suffix, *IMAGE_EXTENSIONS)):
-        if path.resolve() == input_path.resolve():
-            continue
-        marker = read_output_marker(path)
-        if marker is not None:
-            if marker.get("input_sha256") == input_sha256 and marker.get("settings") == digest:
-                return path
-            continue
-        if previous.by_output.get(path.name) == (input_sha256, digest):
+        if is_output_of(path, input_path, input_sha256, digest, previous):
             return path
-        if size is None:
-            size = input_path.stat().st_size
-        if path.stat().st_size == size and file_sha256(path) == input_sha256:
-            return path  # the byte-for-byte copy of an image without a face
     return None
 
 
