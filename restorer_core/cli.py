@@ -5,10 +5,15 @@
     python -m restorer_core bank info BANK.safetensors
     python -m restorer_core convert ...
 
+`restore` runs in five named steps: validate (arguments and every path it will write, before
+anything is loaded), open_resources (detector, bank, restorer -> pipeline), shard (torchrun),
+run_restore (per image: resume check, load, restore, write), summarize (report and exit code).
+
 Exit codes: 0 success; 1 some image failed; 2 bad usage or a setup error found before any
-file was written (missing model, empty reference folder...); 130 cancelled.
+file was written (missing model, unwritable output folder, empty reference folder...); 130 cancelled.
 Outputs never replace an existing file: `photo.jpg` becomes `photo_restored.jpg`, or
-`photo_restored_1.jpg`, `_2`... when that name is taken. Every file is written atomically.
+`photo_restored_1.jpg`, `_2`... when that name is taken; a re-run skips inputs already restored
+with the same settings (restorer_core.outputs). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -577,8 +582,10 @@ def summarize(report: "RunReport", report_path: Path) -> int:
             print(f"  failed: {im.input}: {im.error}", file=sys.stderr)
         elif im.rotation:
             print(f"  {im.input}: faces found with the image turned {im.rotation} degrees", file=sys.stderr)
-    for item in report.skipped_inputs:
-        print(f"  not an input: {item['input']}: {item['reason']}", file=sys.stderr)
+    if report.skipped_inputs:
+        first = report.skipped_inputs[0]
+        more = f" and {len(report.skipped_inputs) - 1} more (listed in the report)" if len(report.skipped_inputs) > 1 else ""
+        print(f"  not taken as input: {first['input']} ({first['reason']}){more}", file=sys.stderr)
     return EXIT_FAILED if report.status == "failed" else EXIT_OK
 
 
@@ -602,11 +609,11 @@ def _restore_command(args: argparse.Namespace, ctx: "DistContext") -> int:
     from .errors import CancelledError, RestorerError
     from .report import RunReport, write_report
 
-    plan = validate(args)
-    report = RunReport(command="restore", settings_digest=plan.settings_digest,
-                       skipped_inputs=list(plan.skipped_inputs))
+    report = RunReport(command="restore")
     report.settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     with warnings_into(report):
+        plan = validate(args)
+        report.settings_digest, report.skipped_inputs = plan.settings_digest, list(plan.skipped_inputs)
         res = open_resources(plan, ctx, report)
     inputs = shard(plan, ctx)
     if ctx.enabled:
