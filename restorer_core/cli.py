@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
@@ -34,6 +34,7 @@ from .outputs import free_path, write_no_clobber
 
 if TYPE_CHECKING:  # the collaborators' types; their modules import torch, so not at start-up
     from .bank import ReferenceBank
+    from .detect.base import FaceDetector
     from .distributed import DistContext
     from .imageio import LoadedImage
     from .models.restorer import OneStepRestorer
@@ -427,11 +428,10 @@ class RestorePlan:
 class Resources:
     """What `open_resources` loads: the collaborators of a run."""
 
-    detector: Any  # a restorer_core.detect backend (has .detect(rgb8))
+    detector: "FaceDetector"
     bank: "Optional[ReferenceBank]"
     restorer: "OneStepRestorer"
     pipeline: "FaceRestorePipeline"
-    identity_note: dict = field(default_factory=dict)
 
 
 # Arguments that decide an output's pixels: equal values give equal outputs, so resume compares them.
