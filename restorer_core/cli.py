@@ -506,6 +506,29 @@ def _check_conditioning(pipeline: "FaceRestorePipeline", bank: "Optional[Referen
         raise UsageError(str(exc)) from exc
 
 
+def all_done_before(plan: RestorePlan) -> Optional[list]:
+    """Resume shortcut: when an earlier run already restored every input with these settings,
+    their "done" records (so no model is loaded for nothing); else None."""
+    from .outputs import PreviousOutputs, file_sha256, find_done_output
+    from .report import DONE, ImageRecord
+
+    if plan.args.force:
+        return None
+    previous = PreviousOutputs.read(plan.out_dir)
+    records = []
+    for path in plan.inputs:
+        try:
+            sha = file_sha256(path)
+        except OSError:
+            return None
+        earlier = find_done_output(path, sha, plan.settings_digest, plan.out_dir, previous)
+        if earlier is None:
+            return None
+        records.append(ImageRecord(str(path), output=str(earlier), status=DONE, input_sha256=sha,
+                                   note="restored by an earlier run with the same settings; kept (--force redoes it)"))
+    return records
+
+
 def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -> Resources:
     """Step 2: detector, reference bank, restorer (and identity embedder) -> a pipeline.
     Raises UsageError for a missing or bad model, bank or detector; writes nothing."""
@@ -614,6 +637,12 @@ def _restore_command(args: argparse.Namespace, ctx: "DistContext") -> int:
     with warnings_into(report):
         plan = validate(args)
         report.settings_digest, report.skipped_inputs = plan.settings_digest, list(plan.skipped_inputs)
+        done = all_done_before(plan)
+        if done is not None:  # nothing left to do: report it without loading anything
+            report.images = done
+            report.note("every input was restored by an earlier run with the same settings")
+            report.finish()
+            return summarize(report, write_run_report(report, plan.report_path)) if ctx.is_main else EXIT_OK
         res = open_resources(plan, ctx, report)
     inputs = shard(plan, ctx)
     if ctx.enabled:

@@ -186,7 +186,10 @@ def test_report_name_taken_meanwhile_gets_a_fresh_name(portrait_rgb, model_file,
 # ----------------------------------------------------------------------------- 4. resume
 
 
-def test_rerun_resumes_never_restores_its_outputs_and_ignores_a_stray_file(portrait_rgb, model_file, tmp_path):
+def test_rerun_resumes_never_restores_its_outputs_and_ignores_a_stray_file(portrait_rgb, model_file, tmp_path,
+                                                                         monkeypatch):
+    import restorer_core.model_zoo as zoo
+
     folder = tmp_path / "photos"
     folder.mkdir()
     save_image(folder / "face.png", portrait_rgb)
@@ -207,7 +210,9 @@ def test_rerun_resumes_never_restores_its_outputs_and_ignores_a_stray_file(portr
     assert marker["input"] == "face.png" and marker["settings"] == report["settings_digest"]
 
     files_before = sorted(p.name for p in folder.iterdir())
-    assert _restore([folder], folder, model_file) == 0  # the same command again: nothing to do
+    with monkeypatch.context() as m:  # the same command again: nothing to do, no model loaded for it
+        m.setattr(zoo, "load_any_restorer", lambda *a, **k: pytest.fail("model loaded with nothing to do"))
+        assert _restore([folder], folder, model_file) == 0
     again = _report(folder / "restore_report_1.json")
     assert [im["status"] for im in again["images"]] == ["done", "done", "done"]
     assert [Path(im["output"]).name for im in again["images"]] == [
