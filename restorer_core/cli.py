@@ -383,7 +383,7 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
         report.finish("cancelled")
         note_cache()
         if settings.report_path is not None:
-            settings.report_path = write_run_report(report, settings.report_path)
+            _save_report(report, settings)
         raise
     finally:
         bar_faces.close()
@@ -391,8 +391,18 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
     report.finish()
     note_cache()
     if settings.report_path is not None:
-        settings.report_path = write_run_report(report, settings.report_path)
+        _save_report(report, settings)
     return report
+
+
+def _save_report(report: "RunReport", settings: RunSettings) -> None:
+    """Write the report; when that fails (disk full, folder removed meanwhile) say so and set
+    settings.report_path to None instead of losing the summary to a traceback."""
+    try:
+        settings.report_path = write_run_report(report, settings.report_path)
+    except OSError as exc:
+        print(f"error: could not write the report {settings.report_path}: {exc}", file=sys.stderr)
+        settings.report_path = None
 
 
 def write_run_report(report: "RunReport", path: Path) -> Path:
@@ -593,13 +603,32 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def summarize(report: "RunReport", report_path: Path) -> int:
-    """Step 5: the per-image summary on stderr; the exit code the report calls for."""
+def _join_job(plan: RestorePlan, res: Resources, ctx: "DistContext") -> None:
+    """Under torchrun: join the process group; rank 0 computes and caches the reference K/V
+    first, the other ranks then read the cache. Nothing outside torchrun."""
+    from . import distributed
+    from .errors import RestorerError
+
+    if not ctx.enabled:
+        return
+    distributed.start(ctx, res.restorer.device)
+    if res.pipeline.uses_references(res.bank, plan.options):
+        with distributed.main_first(ctx):
+            try:
+                res.pipeline.reference_kv(res.bank, plan.options)
+            except (RestorerError, RuntimeError, ValueError):
+                pass  # run_restore meets the same error and records it per image, as in one process
+
+
+def summarize(report: "RunReport", report_path: Optional[Path]) -> int:
+    """Step 5: the per-image summary on stderr; the exit code the report calls for (1 also when
+    the report could not be written: report_path None)."""
     totals = report.totals()
     done = f", {totals['images_done_before']} done by an earlier run" if totals["images_done_before"] else ""
     print(f"{totals['images']} image(s): {totals['images_restored']} restored, "
           f"{totals['images_unchanged']} unchanged (no face selected), {totals['images_failed']} failed{done}; "
-          f"{totals['faces_restored']} face(s) restored. Report: {report_path}", file=sys.stderr)
+          f"{totals['faces_restored']} face(s) restored. Report: {report_path or 'NOT WRITTEN (see above)'}",
+          file=sys.stderr)
     for im in report.images:
         if im.status == "failed":
             print(f"  failed: {im.input}: {im.error}", file=sys.stderr)
@@ -609,7 +638,7 @@ def summarize(report: "RunReport", report_path: Path) -> int:
         first = report.skipped_inputs[0]
         more = f" and {len(report.skipped_inputs) - 1} more (listed in the report)" if len(report.skipped_inputs) > 1 else ""
         print(f"  not taken as input: {first['input']} ({first['reason']}){more}", file=sys.stderr)
-    return EXIT_FAILED if report.status == "failed" else EXIT_OK
+    return EXIT_FAILED if report.status == "failed" or report_path is None else EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -629,7 +658,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def _restore_command(args: argparse.Namespace, ctx: "DistContext") -> int:
     """validate -> open resources -> shard -> run -> report."""
     from . import distributed
-    from .errors import CancelledError, RestorerError
+    from .errors import CancelledError
     from .report import RunReport, write_report
 
     report = RunReport(command="restore")
@@ -645,14 +674,7 @@ def _restore_command(args: argparse.Namespace, ctx: "DistContext") -> int:
             return summarize(report, write_run_report(report, plan.report_path)) if ctx.is_main else EXIT_OK
         res = open_resources(plan, ctx, report)
     inputs = shard(plan, ctx)
-    if ctx.enabled:
-        distributed.start(ctx, res.restorer.device)
-        if res.pipeline.uses_references(res.bank, plan.options):
-            with distributed.main_first(ctx):  # rank 0 computes and caches the K/V; the others read it
-                try:
-                    res.pipeline.reference_kv(res.bank, plan.options)
-                except (RestorerError, RuntimeError, ValueError):
-                    pass  # run_restore meets the same error and records it per image, as in one process
+    _join_job(plan, res, ctx)
     settings = RunSettings(plan.out_dir, args.format, args.save_faces, None if ctx.enabled else plan.report_path,
                            images_per_chunk=plan.images_per_chunk,
                            show_progress=not args.quiet and ctx.is_main and sys.stderr.isatty(),
@@ -662,7 +684,7 @@ def _restore_command(args: argparse.Namespace, ctx: "DistContext") -> int:
     try:
         with cudnn_benchmark(args.cudnn_benchmark):
             run_restore(inputs, res.pipeline, res.bank, plan.options, settings, report)
-        report_path = settings.report_path or report_path
+        report_path = settings.report_path if not ctx.enabled else report_path
     except (CancelledError, KeyboardInterrupt):
         if ctx.enabled:  # no merge while the job is going down: each rank writes its own part
             report_path = write_report(report, distributed.rank_report_path(report_path, ctx))

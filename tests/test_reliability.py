@@ -119,6 +119,23 @@ def test_unwritable_paths_are_refused_before_any_work(portrait_rgb, model_file, 
     assert "bank folder" in capsys.readouterr().err
 
 
+def test_report_that_cannot_be_written_after_the_work_still_gives_the_summary(portrait_rgb, model_file,
+                                                                            tmp_path, monkeypatch, capsys):
+    import restorer_core.report as report_module
+
+    def disk_full(report, path, overwrite=False):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "write_report", disk_full)
+    src = save_image(tmp_path / "portrait.png", portrait_rgb)
+    out = tmp_path / "out"
+    assert _restore([src], out, model_file) == 1
+    err = capsys.readouterr().err
+    assert "could not write the report" in err and "No space left" in err and "Traceback" not in err
+    assert "1 restored" in err and "NOT WRITTEN" in err  # the summary is still shown
+    assert (out / "portrait_restored.png").is_file()
+
+
 # ----------------------------------------------------------------------------- 3. concurrent runs
 
 
