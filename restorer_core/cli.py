@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
-from .imageio import IMAGE_EXTENSIONS
+from .options import COLOR_FIXES, DETECTORS, IMAGE_EXTENSIONS, MASK_SHAPES, MODES, SPEEDS
 from .outputs import free_path, write_no_clobber
 
 if TYPE_CHECKING:  # the collaborators' types; their modules import torch, so not at start-up
@@ -462,8 +462,12 @@ def validate(args: argparse.Namespace) -> RestorePlan:
     selection = parse_faces(args.faces)
     skipped: list = []
     inputs = collect_inputs(args.inputs, skipped)
-    if args.mode in ("references", "both") and not args.refs:
-        raise UsageError(f"--mode {args.mode} needs reference photos: add --refs FOLDER or BANK.safetensors")
+    from .conditioning import check_references_given
+
+    try:
+        check_references_given(args.mode, bool(args.refs))
+    except ValueError as exc:
+        raise UsageError(f"--mode {args.mode}: {exc} (--refs FOLDER or BANK.safetensors)") from exc
     try:
         paste = PasteConfig(mask=args.mask, erosion=args.erosion, feather=args.feather, color_fix=args.color_fix)
         options = RestoreOptions(mode=args.mode, max_refs=args.max_refs, batch_size=args.batch_size,
@@ -506,10 +510,12 @@ def _identity_or_note(report: "RunReport", needed: bool, device: Any) -> Any:
 
 
 def _check_conditioning(pipeline: "FaceRestorePipeline", bank: "Optional[ReferenceBank]",
-                        options: "RestoreOptions") -> None:
-    """The requested conditioning and face selection can work with this model and bank."""
+                        options: "RestoreOptions", report: "RunReport") -> None:
+    """The requested conditioning and face selection can work with this model and bank; the
+    report notes which conditioning the core decided on, and why."""
     try:
-        pipeline.uses_references(bank, options)
+        cond = pipeline.conditioning(bank, options)
+        report.note(f"conditioning: {cond.describe()} ({cond.reason})")
         if options.selection.mode == "similar":
             pipeline.similarity_fn(bank, options)
     except ValueError as exc:
@@ -543,12 +549,13 @@ def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -
     """Step 2: detector, reference bank, restorer (and identity embedder) -> a pipeline.
     Raises UsageError for a missing or bad model, bank or detector; writes nothing."""
     from . import distributed
-    from .bank import default_cache_dir, open_bank
+    from .bank import open_bank
     from .detect import create_detector
     from .errors import BankError, CheckpointError, DetectorError
     from .model_zoo import describe_model, load_any_restorer, pick_device_dtype
     from .outputs import check_folder_writable
     from .pipeline import FaceRestorePipeline
+    from .reference_cache import default_cache_dir
 
     args = plan.args
     try:
@@ -570,7 +577,7 @@ def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -
         identity = _identity_or_note(report, plan.selection.mode == "similar", device)
     pipeline = FaceRestorePipeline(restorer, identity=identity, speed=args.speed)
     pipeline.add_detector(plan.options, detector)
-    _check_conditioning(pipeline, bank, plan.options)
+    _check_conditioning(pipeline, bank, plan.options, report)
     report.model = describe_model(restorer)
     if bank is not None:
         report.bank = bank.summary()
@@ -612,7 +619,7 @@ def _join_job(plan: RestorePlan, res: Resources, ctx: "DistContext") -> None:
     if not ctx.enabled:
         return
     distributed.start(ctx, res.restorer.device)
-    if res.pipeline.uses_references(res.bank, plan.options):
+    if res.pipeline.conditioning(res.bank, plan.options).use_references:
         with distributed.main_first(ctx):
             try:
                 res.pipeline.reference_kv(res.bank, plan.options)
@@ -743,8 +750,9 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
 
 
 def cmd_bank_info(args: argparse.Namespace) -> int:
-    from .bank import default_cache_dir, load_bank
+    from .bank import load_bank
     from .errors import BankError
+    from .reference_cache import default_cache_dir
 
     try:
         bank = load_bank(args.bank)
@@ -778,7 +786,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", default="yunet", choices=("yunet", "scrfd", "facexlib"),
+    p.add_argument("--detector", default="yunet", choices=DETECTORS,
                    help="face detector backend (default: the shipped YuNet)")
     p.add_argument("--detector-model", default=None, help="weights file for the detector backend")
 
@@ -805,24 +813,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-download", action="store_true",
                    help="fetch missing official weights from the Hugging Face Hub")
     r.add_argument("--mode", "--method", dest="mode", default="auto",
-                   choices=("auto", "references", "visual_prompt", "both", "none"),
-                   help="conditioning: auto uses references when given and the visual prompt when the "
-                   "model has one")
+                   choices=MODES,
+                   help="conditioning: auto uses references when given and the model was trained with "
+                   "them, and the visual prompt when the model has one")
     r.add_argument("--faces", default="all", help="all | largest:N | index:0,2 | min-size:PX | similar[:T]")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     r.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     r.add_argument("--batch-size", type=int, default=8, help="faces per network pass (default 8)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--speed", choices=["auto", "eager", "graph", "compile"], default="auto",
+    r.add_argument("--speed", choices=SPEEDS, default="auto",
                    help="speed-ups computing the same function: auto = upsampling convs at low "
-                        "resolution (+ CUDA graphs on a GPU); compile adds torch.compile (about a "
-                        "minute of compiling per batch shape); eager = the plain model")
+                        "resolution on the CPU, CUDA graphs (and the VAE's wide attention head as "
+                        "matmuls) on a GPU; compile adds channels-last + torch.compile, with "
+                        "upsampling at low resolution on a GPU too (about a minute of compiling "
+                        "per batch shape); graph = auto; eager = the plain model")
     r.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution kernels (a little faster on a GPU; runs and "
                         "GPUs may then differ by a few 1/255; off: reproducible pixels)")
     r.add_argument("--max-refs", type=int, default=4, help="reference faces used (default 4)")
-    r.add_argument("--color-fix", default="wavelet", choices=("wavelet", "meanstd", "none"))
-    r.add_argument("--mask", default="landmarks", choices=("landmarks", "ellipse", "box"))
+    r.add_argument("--color-fix", default="wavelet", choices=COLOR_FIXES)
+    r.add_argument("--mask", default="landmarks", choices=MASK_SHAPES)
     r.add_argument("--feather", type=float, default=24.0, help="mask softening, px of a 512 crop")
     r.add_argument("--erosion", type=float, default=8.0, help="mask shrink, px of a 512 crop")
     r.add_argument("--strength", type=float, default=1.0, help="0 keeps the input face, 1 the restored one")

@@ -35,7 +35,6 @@ PathLike = Union[str, os.PathLike]
 
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what folders are scanned for
 _WRITE_FORMATS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 _EIGHT_BIT_ONLY = {".jpg", ".jpeg", ".webp", ".bmp"}
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from .atomic import atomic_path
+from .options import IMAGE_EXTENSIONS
 
 OUTPUT_TAG = "_restored"
 _OUTPUT_STEM = re.compile(r"^(?P<stem>.+)" + OUTPUT_TAG + r"(?:_(?P<n>\d+))?$")
@@ -148,8 +149,6 @@ def is_output_of(path: Path, input_path: Path, input_sha256: str, digest: str,
 def find_done_output(input_path: Path, input_sha256: str, digest: str, out_dir: Path,
                      previous: PreviousOutputs) -> Optional[Path]:
     """The output an earlier run made from these input bytes with these settings, or None."""
-    from .imageio import IMAGE_EXTENSIONS
-
     for path in candidate_outputs(out_dir, input_path.stem, (input_path.suffix, *IMAGE_EXTENSIONS)):
         if is_output_of(path, input_path, input_sha256, digest, previous):
             return path
