@@ -99,12 +99,19 @@ def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list
 
     skipped = [] if skipped is None else skipped
     out: list = []
+    reports: dict = {}  # folder -> PreviousOutputs, read once
+
+    def previous_in(folder: Path) -> PreviousOutputs:
+        if folder not in reports:
+            reports[folder] = PreviousOutputs.read(folder)
+        return reports[folder]
+
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                            and p.suffix.lower() in IMAGE_EXTENSIONS)
-            previous = PreviousOutputs.read(path)
+            previous = previous_in(path)
             kept = []
             for p in found:
                 reason = own_output_reason(p, found, previous)
@@ -119,7 +126,7 @@ def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list
                 raise UsageError(f"folder {path} has {what}")
             out.extend(kept)
         elif path.is_file():
-            reason = own_output_reason(path, [], PreviousOutputs.read(path.parent))
+            reason = own_output_reason(path, [], previous_in(path.parent))
             if reason is None:
                 out.append(path)
             else:
