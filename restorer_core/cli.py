@@ -91,9 +91,9 @@ def _is_image_file(path: Path) -> bool:
 def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list:
     """Files as given, folders as their images (sorted by name). UsageError for missing paths.
 
-    This tool's own outputs are never inputs (see restorer_core.outputs), and in a folder a file
-    named like an output (`*_restored*`) that is not an image at all is left out too; each file
-    left out is appended to `skipped` as {"input", "reason"}.
+    This tool's own outputs are never inputs (see restorer_core.outputs), and a file named like an
+    output (`*_restored*`) that is not an image at all is left out too (so a stray one does not
+    fail every run); each file left out is appended to `skipped` as {"input", "reason"}.
     """
     from .outputs import PreviousOutputs, looks_like_output, own_output_reason
 
@@ -106,6 +106,10 @@ def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list
             reports[folder] = PreviousOutputs.read(folder)
         return reports[folder]
 
+    given_by_folder: dict = {}  # files named one by one (a shell glob), by folder: the siblings to compare
+    for spec in specs:
+        if Path(spec).is_file():
+            given_by_folder.setdefault(Path(spec).parent, []).append(Path(spec))
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
@@ -126,7 +130,9 @@ def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list
                 raise UsageError(f"folder {path} has {what}")
             out.extend(kept)
         elif path.is_file():
-            reason = own_output_reason(path, [], previous_in(path.parent))
+            reason = own_output_reason(path, given_by_folder.get(path.parent, []), previous_in(path.parent))
+            if reason is None and looks_like_output(path) and not _is_image_file(path):
+                reason = "named like an output of this tool but not an image"
             if reason is None:
                 out.append(path)
             else:

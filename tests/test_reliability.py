@@ -226,6 +226,20 @@ def test_rerun_resumes_never_restores_its_outputs_and_ignores_a_stray_file(portr
     marker = read_output_marker(folder / "face_restored.png")
     assert marker["input"] == "face.png" and marker["settings"] == report["settings_digest"]
 
+    from restorer_core.cli import collect_inputs
+
+    left_out: list = []  # a shell glob (photos/*) names the outputs one by one: still never inputs
+    globbed = [str(p) for p in sorted(folder.iterdir()) if p.suffix != ".json"]
+    (folder / "restore_report.json").rename(folder / "report.bak")  # as after a kill -9: no report
+    try:
+        assert [p.name for p in collect_inputs(globbed, left_out)] == ["face.png", "face2.jpg", "noface.jpg"]
+    finally:
+        (folder / "report.bak").rename(folder / "restore_report.json")
+    reasons = {Path(s["input"]).name: s["reason"] for s in left_out}
+    assert reasons == {"face_restored.png": "an output of an earlier run (marker in the file)",
+                       "face2_restored.jpg": "an output of an earlier run (marker in the file)",
+                       "noface_restored.jpg": "an unchanged copy of noface.jpg written by an earlier run",
+                       "junk_restored.png": "named like an output of this tool but not an image"}
     files_before = sorted(p.name for p in folder.iterdir())
     with monkeypatch.context() as m:  # the same command again: nothing to do, no model loaded for it
         m.setattr(zoo, "load_any_restorer", lambda *a, **k: pytest.fail("model loaded with nothing to do"))
