@@ -463,6 +463,18 @@ _PIXEL_SETTINGS = ("model", "base", "refs", "mode", "faces", "dtype", "seed", "m
                    "detector_model", "rotate")
 
 
+def _pixel_settings(args: argparse.Namespace) -> dict:
+    """The values resume compares: the pixel-deciding arguments, with the model, base and
+    reference files standing for their contents (restorer_core.outputs.file_identity)."""
+    from .model_zoo import DEFAULT_MODEL_PATH
+    from .outputs import file_identity
+
+    values = {k: getattr(args, k, None) for k in _PIXEL_SETTINGS}
+    model = DEFAULT_MODEL_PATH if str(args.model or "").strip().lower() in ("", "default") else args.model
+    values.update(model=file_identity(model), base=file_identity(args.base), refs=file_identity(args.refs))
+    return values
+
+
 def validate(args: argparse.Namespace) -> RestorePlan:
     """Step 1: every check that needs no model. Raises UsageError; writes nothing."""
     from .outputs import check_folder_writable, settings_digest
@@ -499,7 +511,7 @@ def validate(args: argparse.Namespace) -> RestorePlan:
         problem = check_folder_writable(folder, what) if folder is not None else None
         if problem:
             raise UsageError(f"{problem}; choose another folder")
-    digest = settings_digest({k: getattr(args, k, None) for k in _PIXEL_SETTINGS})
+    digest = settings_digest(_pixel_settings(args))
     return RestorePlan(args, inputs, skipped, options, selection, out_dir, report_path, cache_dir, digest,
                        images_per_chunk=max(1, args.batch_size))
 

@@ -82,6 +82,26 @@ def settings_digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def file_identity(spec: Optional[object]) -> object:
+    """A cheap stand-in for the contents of a file or folder named in the settings (the model,
+    the references): size and modification time of the file, or of each file in the folder (not
+    below). A replaced model or an edited reference folder thus changes the settings digest.
+    Anything that is not a path (None, a model name) is returned as given."""
+    if spec is None:
+        return None
+    path = Path(str(spec)).expanduser()
+    try:
+        if path.is_file():
+            st = path.stat()
+            return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+        if path.is_dir():
+            return [str(path.resolve())] + sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns]
+                                                  for p in path.iterdir() if p.is_file())
+    except OSError:
+        pass
+    return str(spec)
+
+
 def output_marker(input_path: Path, input_sha256: str, digest: str) -> dict:
     return {"input": input_path.name, "input_sha256": input_sha256, "settings": digest}
 

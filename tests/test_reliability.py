@@ -252,11 +252,13 @@ def test_rerun_resumes_never_restores_its_outputs_and_ignores_a_stray_file(portr
     assert skipped == {"face_restored.png", "face2_restored.jpg", "noface_restored.jpg", "junk_restored.png"}
     assert sorted(p.name for p in folder.iterdir()) == sorted(files_before + ["restore_report_1.json"])
 
-    assert _restore([folder], folder, model_file, "--strength", "0.5") == 0  # other settings: new outputs
+    os.utime(model_file)  # the model file replaced (same name): new settings, new outputs
+    assert _restore([folder / "face.png"], folder, model_file) == 0
     assert _outputs_by_input(folder, ["face"])["face"] == ["face_restored.png", "face_restored_1.png"]
+    assert _restore([folder], folder, model_file, "--strength", "0.5") == 0  # other settings: new outputs
+    assert _outputs_by_input(folder, ["face"])["face"] == [f"face_restored{s}.png" for s in ("", "_1", "_2")]
     assert _restore([folder / "face.png"], folder, model_file, "--force") == 0  # redo on request
-    assert _outputs_by_input(folder, ["face"])["face"] == ["face_restored.png", "face_restored_1.png",
-                                                           "face_restored_2.png"]
+    assert _outputs_by_input(folder, ["face"])["face"] == [f"face_restored{s}.png" for s in ("", "_1", "_2", "_3")]
     assert not [p for p in folder.iterdir() if "_restored_restored" in p.name]
 
 
