@@ -2,8 +2,9 @@
 
 import importlib.util
 
-if importlib.util.find_spec("comfy") is None:
-    # Imported outside ComfyUI (e.g. pytest collecting this folder as a package): register nothing.
+if not __package__ or importlib.util.find_spec("comfy") is None:
+    # Imported outside ComfyUI: pytest collecting this folder (as a top-level module when the
+    # checkout's folder name is not a Python name, e.g. onestep-face-restore), or without comfy.
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 else:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS

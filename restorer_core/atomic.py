@@ -2,17 +2,26 @@
 
 A reader never sees half a file, a failed or cancelled write leaves nothing behind, and with
 ``overwrite=False`` an existing file (also one that appeared while writing) is never replaced.
+Temp files are named ``.<target name>.<random>.onestep.tmp``; one left by a killed process is
+removed by ``remove_stale_temp_files`` once it is old enough that no live writer can own it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+
+TEMP_SUFFIX = ".onestep.tmp"
+# A writer touches its temp file while writing; one untouched this long belongs to a dead process.
+STALE_TEMP_SECONDS = 3600.0
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def default_file_mode() -> int:
@@ -41,7 +50,7 @@ def atomic_path(path: PathLike, overwrite: bool = True, mode: Optional[int] = No
     becomes `path` (replacing it only when `overwrite`; else FileExistsError) with `mode`
     (default: `default_file_mode()`). Whatever happens, the temp file is gone afterwards."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -66,3 +75,24 @@ def write_bytes_atomic(path: PathLike, data: bytes, overwrite: bool = True, fsyn
 
 def write_text_atomic(path: PathLike, text: str, overwrite: bool = True) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"), overwrite)
+
+
+def remove_stale_temp_files(folder: PathLike, older_than: float = STALE_TEMP_SECONDS) -> list:
+    """Delete this module's temp files in `folder` (not below it) last modified more than
+    `older_than` seconds ago: leftovers of a process killed mid-write. Returns what was removed.
+    Files of other programs (any other name) and fresh temp files are never touched."""
+    folder = Path(folder)
+    removed: list = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for entry in os.scandir(folder):
+        if not _TEMP_NAME.match(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return removed

@@ -207,6 +207,6 @@ def gather_reports(ctx: DistContext, report: Any, inputs: Sequence[Any]) -> Any:
 
 def rank_report_path(report_path: Path, ctx: DistContext) -> Path:
     """Where a rank writes its own part of the report when the job is cancelled (no merge then)."""
-    from .cli import free_path
+    from .outputs import free_path
 
     return free_path(report_path.parent, f"{report_path.stem}.rank{ctx.rank}", report_path.suffix or ".json")

@@ -3,15 +3,24 @@
 Pillow decodes almost everything but silently truncates 16-bit colour PNGs to 8 bits, so those
 (and anything Pillow cannot open, e.g. some 16-bit TIFFs) are decoded with OpenCV instead.
 EXIF orientation is applied with numpy so every decoder path ends up upright.
-Writing goes through OpenCV's encoders into a temporary file in the destination folder that is
-then moved into place, so a crash never leaves a half-written image behind and an existing
-file is never replaced unless the caller asks for it.
+The file's metadata (ICC profile, EXIF with the orientation reset to 1, JPEG quantisation
+tables and chroma subsampling, PNG text chunks) is kept in `LoadedImage.metadata`, and
+`save_image(..., metadata=)` writes it back: JPEG and WEBP through Pillow (JPEG with the
+input's own quantisation tables, so the quality matches), PNG through OpenCV (any bit depth)
+with the chunks added by hand; TIFF and BMP are written without metadata.
+Every write goes to a temporary file in the destination folder that is then moved into place,
+so a crash never leaves a half-written image behind and an existing file is never replaced
+unless the caller asks for it.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
-from dataclasses import dataclass
+import struct
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,6 +43,28 @@ class ImageWriteError(RestorerError):
     """An output image could not be written (exists already, bad folder, unsupported format)."""
 
 
+# Key of the PNG text chunk / prefix of the JPEG comment that marks a file as this tool's output.
+OUTPUT_MARKER = "onestep-face-restore"
+
+
+@dataclass
+class ImageMetadata:
+    """What a file carries besides its pixels, as needed to write an output like it.
+
+    exif: raw TIFF-structured EXIF (no "Exif\\0\\0" prefix) with the orientation tag set to 1,
+    because the pixels were turned upright on loading. text: PNG text chunks (our own marker
+    excluded). marker: the JSON this tool writes into its outputs, when the file is one.
+    """
+
+    format: str = ""
+    icc_profile: Optional[bytes] = None
+    exif: Optional[bytes] = None
+    jpeg_qtables: Optional[list] = None
+    jpeg_subsampling: int = -1
+    text: dict = field(default_factory=dict)
+    marker: Optional[dict] = None
+
+
 @dataclass
 class LoadedImage:
     """A decoded image, upright, in its own bit depth.
@@ -45,6 +76,7 @@ class LoadedImage:
     pixels: np.ndarray
     path: Optional[Path]
     mode: str
+    metadata: ImageMetadata = field(default_factory=ImageMetadata)
 
     @property
     def bit_depth(self) -> int:
@@ -150,7 +182,12 @@ def _png_header(path: Path) -> Optional[tuple[int, int]]:
 def _read_with_cv2(path: Path) -> Optional[np.ndarray]:
     """Decode with OpenCV keeping depth and alpha; returns RGB(A) order or None."""
     data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile copes with non-ASCII paths
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if data.size == 0:
+        return None
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
     if arr is None:
         return None
     if arr.dtype not in (np.uint8, np.uint16):
@@ -196,15 +233,24 @@ def load_image(path: PathLike) -> LoadedImage:
         raise ImageReadError(f"image not found: {path}. Check the path and file name.")
     if path.is_dir():
         raise ImageReadError(f"{path} is a folder, not an image file. Pick an image inside it.")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path} is empty (0 bytes). Copy or export the image again.")
     # Host apps (ComfyUI among them) may switch on Pillow's silent gray fill for truncated
     # files; a restorer must not paste faces into a half-decoded photo, so insist here.
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as im:
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            if frames > 1:
+                raise ImageReadError(
+                    f"{path} has {frames} frames (an animation or a multi-page file); only the first "
+                    "would be restored. Extract the frames first (e.g. `ffmpeg -i IN frame_%04d.png`) "
+                    "and restore those.")
             orientation = im.getexif().get(_EXIF_ORIENTATION)
             im.load()
             mode = im.mode
+            metadata = _read_metadata(im)
             pixels = _pil_to_array(im, path)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
@@ -217,10 +263,10 @@ def load_image(path: PathLike) -> LoadedImage:
             raise ImageReadError(
                 f"{path} is not an image this tool can read. Use PNG, JPEG, WEBP, TIFF or BMP."
             ) from None
-        mode, orientation = "cv2", None
+        mode, orientation, metadata = "cv2", None, ImageMetadata()
     except ImageReadError:
         raise
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(
             f"{path} is truncated or corrupt ({exc}). Re-export or re-download the image."
         ) from exc
@@ -236,7 +282,91 @@ def load_image(path: PathLike) -> LoadedImage:
         if pixels.ndim == 2 or pixels.shape[2] == 2:
             pixels = _gray_alpha_to_rgba(pixels)
     pixels = apply_exif_orientation(pixels, orientation)
-    return LoadedImage(pixels=np.ascontiguousarray(pixels), path=path, mode=mode)
+    return LoadedImage(pixels=np.ascontiguousarray(pixels), path=path, mode=mode, metadata=metadata)
+
+
+def _upright_exif(raw: bytes) -> Optional[bytes]:
+    """Raw EXIF (with or without the "Exif\\0\\0" prefix) -> raw TIFF bytes whose IFD0
+    orientation is 1; every other byte unchanged (camera, dates, maker notes survive).
+    None when the block is not a TIFF structure."""
+    data = bytearray(raw[6:] if raw.startswith(b"Exif\x00\x00") else raw)
+    if len(data) < 8 or data[:2] not in (b"II", b"MM"):
+        return None
+    end = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(end + "I", data, 4)
+        (count,) = struct.unpack_from(end + "H", data, ifd)
+        for k in range(count):
+            at = ifd + 2 + 12 * k
+            tag, kind = struct.unpack_from(end + "HH", data, at)
+            if tag == _EXIF_ORIENTATION and kind == 3:  # SHORT, stored in the entry itself
+                struct.pack_into(end + "H", data, at + 8, 1)
+    except struct.error:
+        return None
+    return bytes(data)
+
+
+def _read_metadata(im: Image.Image) -> ImageMetadata:
+    """ICC, EXIF (orientation reset), JPEG tables, PNG text and our marker from an open image."""
+    meta = ImageMetadata(format=str(im.format or ""))
+    meta.icc_profile = im.info.get("icc_profile") or None
+    raw_exif = im.info.get("exif")
+    if isinstance(raw_exif, bytes) and raw_exif:
+        meta.exif = _upright_exif(raw_exif)
+    marker_text = None
+    if meta.format == "JPEG":
+        from PIL import JpegImagePlugin
+
+        tables = getattr(im, "quantization", None)
+        meta.jpeg_qtables = [list(tables[k]) for k in sorted(tables)] if tables else None
+        meta.jpeg_subsampling = int(JpegImagePlugin.get_sampling(im))
+        comment = im.info.get("comment", b"")
+        if isinstance(comment, bytes) and comment.startswith(OUTPUT_MARKER.encode() + b":"):
+            marker_text = comment[len(OUTPUT_MARKER) + 1:].decode("utf-8", "replace")
+    if meta.format == "PNG":
+        text = dict(getattr(im, "text", {}) or {})
+        marker_text = text.pop(OUTPUT_MARKER, None)
+        meta.text = {str(k): str(v) for k, v in text.items()}
+    if marker_text:
+        try:
+            marker = json.loads(marker_text)
+            meta.marker = marker if isinstance(marker, dict) else None
+        except ValueError:
+            meta.marker = None
+    return meta
+
+
+def read_output_marker(path: PathLike) -> Optional[dict]:
+    """The marker this tool writes into its PNG and JPEG outputs, or None (not one of our
+    outputs, another format, or not an image at all). Reads the header only."""
+    try:
+        with Image.open(path) as im:
+            if im.format not in ("PNG", "JPEG"):
+                return None
+            return _read_metadata(im).marker
+    except Exception:  # noqa: BLE001 - anything unreadable simply carries no marker
+        return None
+
+
+def is_gray_rgb(pixels: np.ndarray) -> bool:
+    """True for an RGB(A) image whose three colour channels are equal everywhere."""
+    arr = np.asarray(pixels)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        return False
+    return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
+
+
+def keep_gray(result: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """`result` with R = G = B (their rounded mean) when `original` is a grey photo stored as
+    RGB, so a restored face picks up no colour tint; otherwise `result` unchanged."""
+    if not is_gray_rgb(original) or not (np.ndim(result) == 3 and np.shape(result)[2] >= 3):
+        return result
+    out = np.array(result, copy=True)
+    mean = out[..., :3].astype(np.float64).mean(axis=2)
+    gray = np.rint(mean).astype(out.dtype) if out.dtype.kind in "ui" else mean.astype(out.dtype)
+    for c in range(3):
+        out[..., c] = gray
+    return out
 
 
 def _gray_alpha_to_rgba(pixels: np.ndarray) -> np.ndarray:
@@ -249,7 +379,8 @@ def _gray_alpha_to_rgba(pixels: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- writing
 
 
-def _encode(path: Path, pixels: np.ndarray, bit_depth: Optional[int]) -> bytes:
+def _prepare(path: Path, pixels: np.ndarray, bit_depth: Optional[int]) -> np.ndarray:
+    """Pixels in a layout and dtype the target format can hold (RGB(A) order, uint8/uint16)."""
     ext = path.suffix.lower()
     if ext not in _WRITE_FORMATS:
         raise ImageWriteError(
@@ -265,31 +396,97 @@ def _encode(path: Path, pixels: np.ndarray, bit_depth: Optional[int]) -> bytes:
     elif arr.dtype not in (np.uint8, np.uint16):
         raise ImageWriteError(f"cannot write {arr.dtype} pixels; pass uint8, uint16 or float 0..1.")
     elif bit_depth == 8 and arr.dtype == np.uint16:
-        arr = to_float01(arr)
-        arr = from_float01(arr, np.uint8)
+        arr = from_float01(to_float01(arr), np.uint8)
     if ext in _EIGHT_BIT_ONLY and arr.dtype == np.uint16:
         arr = from_float01(to_float01(arr), np.uint8)
     if ext in (".jpg", ".jpeg") and arr.ndim == 3 and arr.shape[2] == 4:
         raise ImageWriteError(f"JPEG cannot store transparency; save {path.name} as .png instead.")
+    return np.ascontiguousarray(arr)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_with_chunks(png: bytes, meta: ImageMetadata, marker: Optional[dict]) -> bytes:
+    """Insert iCCP, eXIf and tEXt/iTXt chunks right after IHDR (before any image data)."""
+    chunks = []
+    if meta.icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc_profile)))
+    if meta.exif:
+        chunks.append(_png_chunk(b"eXIf", meta.exif))
+    for key, value in meta.text.items():
+        keyword = key.encode("latin-1", "replace")[:79]
+        if not keyword:
+            continue
+        try:
+            chunks.append(_png_chunk(b"tEXt", keyword + b"\x00" + value.encode("latin-1")))
+        except UnicodeEncodeError:
+            chunks.append(_png_chunk(b"iTXt", keyword + b"\x00\x00\x00\x00\x00" + value.encode("utf-8")))
+    if marker is not None:
+        chunks.append(_png_chunk(b"tEXt", OUTPUT_MARKER.encode() + b"\x00"
+                                 + json.dumps(marker, sort_keys=True).encode("latin-1", "replace")))
+    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:ihdr_end] + b"".join(chunks) + png[ihdr_end:]
+
+
+def _encode(path: Path, pixels: np.ndarray, bit_depth: Optional[int],
+            metadata: Optional[ImageMetadata] = None, marker: Optional[dict] = None) -> bytes:
+    ext = path.suffix.lower()
+    arr = _prepare(path, pixels, bit_depth)
+    meta = metadata or ImageMetadata()
+    if ext in (".jpg", ".jpeg", ".webp"):
+        return _encode_pillow(ext, arr, meta, marker)
+    bgr = arr
     if arr.ndim == 3:
         code = cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
-        arr = cv2.cvtColor(np.ascontiguousarray(arr), code)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
-    if ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, 95]
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr), params)
+        bgr = cv2.cvtColor(arr, code)
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr))
     if not ok:
         raise ImageWriteError(f"OpenCV could not encode {path.name} as {ext}.")
-    return buf.tobytes()
+    data = buf.tobytes()
+    if ext == ".png" and (metadata is not None or marker is not None):
+        data = _png_with_chunks(data, meta, marker)
+    return data
+
+
+def _encode_pillow(ext: str, arr: np.ndarray, meta: ImageMetadata, marker: Optional[dict]) -> bytes:
+    """JPEG (the input's quantisation tables and subsampling when it was a JPEG, else quality 95)
+    and WEBP (quality 95), with ICC and EXIF; JPEG outputs carry the marker as a comment."""
+    image = Image.fromarray(arr)
+    kwargs: dict = {}
+    if meta.icc_profile:
+        kwargs["icc_profile"] = meta.icc_profile
+    if meta.exif:
+        kwargs["exif"] = b"Exif\x00\x00" + meta.exif
+    buf = io.BytesIO()
+    if ext == ".webp":
+        image.save(buf, format="WEBP", quality=95, **kwargs)
+        return buf.getvalue()
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    if meta.jpeg_qtables:
+        kwargs["qtables"] = meta.jpeg_qtables
+        if meta.jpeg_subsampling in (0, 1, 2) and image.mode == "RGB":
+            kwargs["subsampling"] = meta.jpeg_subsampling
+    else:
+        kwargs["quality"] = 95
+    if marker is not None:
+        kwargs["comment"] = OUTPUT_MARKER.encode() + b":" + json.dumps(marker, sort_keys=True).encode()
+    image.save(buf, format="JPEG", **kwargs)
+    return buf.getvalue()
 
 
 def save_image(
-    path: PathLike, pixels: np.ndarray, overwrite: bool = False, bit_depth: Optional[int] = None
+    path: PathLike, pixels: np.ndarray, overwrite: bool = False, bit_depth: Optional[int] = None,
+    metadata: Optional[ImageMetadata] = None, marker: Optional[dict] = None,
 ) -> Path:
     """Write pixels atomically; refuse to replace an existing file unless overwrite=True.
 
     Integer pixels keep their depth where the format allows (PNG/TIFF keep 16 bits);
     float pixels in 0..1 are written as 8-bit, or 16-bit with bit_depth=16.
+    metadata: the input's (LoadedImage.metadata) to carry over (see the module docstring);
+    marker: a small JSON-able dict stored in PNG/JPEG outputs (see read_output_marker).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -298,7 +495,7 @@ def save_image(
         )
     if not path.parent.is_dir():
         raise ImageWriteError(f"folder {path.parent} does not exist; create it first.")
-    data = _encode(path, pixels, bit_depth)
+    data = _encode(path, pixels, bit_depth, metadata, marker)
     try:
         return write_bytes_atomic(path, data, overwrite, fsync=True)
     except FileExistsError:  # appeared while encoding

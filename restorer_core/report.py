@@ -19,6 +19,7 @@ RESTORED = "restored"      # at least one face restored and pasted back
 UNCHANGED = "unchanged"    # no face (or none selected): copied through as is
 FAILED = "failed"          # could not be read, restored or written
 CANCELLED = "cancelled"    # the run stopped before this image was written
+DONE = "done"              # an earlier run already wrote this input's output (resume); kept as is
 PENDING = "pending"
 
 
@@ -65,6 +66,8 @@ class ImageRecord:
     note: str = ""
     timings: dict = field(default_factory=dict)
     saved_faces: list = field(default_factory=list)
+    input_sha256: str = ""
+    rotation: int = 0  # degrees the image was turned (counter-clockwise) for detection
 
     @property
     def faces_found(self) -> int:
@@ -96,6 +99,8 @@ class ImageRecord:
             "note": self.note,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "saved_faces": list(self.saved_faces),
+            "input_sha256": self.input_sha256,
+            "rotation": self.rotation,
         }
 
 
@@ -111,6 +116,8 @@ class RunReport:
     identity: dict = field(default_factory=dict)
     images: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    skipped_inputs: list = field(default_factory=list)  # {"input", "reason"}: files not taken as inputs
+    settings_digest: str = ""
     status: str = "running"
     started: float = field(default_factory=time.time)
     finished: Optional[float] = None
@@ -125,11 +132,17 @@ class RunReport:
             "images_unchanged": by_status.get(UNCHANGED, 0),
             "images_failed": by_status.get(FAILED, 0),
             "images_cancelled": by_status.get(CANCELLED, 0),
+            "images_done_before": by_status.get(DONE, 0),
             "faces_found": sum(im.faces_found for im in self.images),
             "faces_restored": sum(im.faces_restored for im in self.images),
             "faces_skipped": sum(im.faces_skipped for im in self.images),
             "seconds": round((self.finished or time.time()) - self.started, 3),
         }
+
+    def note(self, line: str) -> None:
+        """Add a run-level note once."""
+        if line not in self.notes:
+            self.notes.append(line)
 
     def finish(self, status: Optional[str] = None) -> None:
         """Set the final status (from the images unless given) and the end time."""
@@ -147,12 +160,14 @@ class RunReport:
             "finished": (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.finished))
                          if self.finished else None),
             "settings": self.settings,
+            "settings_digest": self.settings_digest,
             "model": self.model,
             "bank": self.bank,
             "reference_cache": self.reference_cache,
             "identity": self.identity,
             "totals": self.totals(),
             "notes": list(self.notes),
+            "skipped_inputs": list(self.skipped_inputs),
             "images": [im.to_dict() for im in self.images],
         }
 

@@ -1,7 +1,9 @@
 """Shared fixtures: the repo on sys.path, the shared data folder, small synthetic faces.
 
 SHARED_DIR (environment) points at the team's shared folder; it defaults to ../shared next to
-the repository. Tests that need it are skipped with the reason when it is missing.
+the repository. Tests that need it are skipped when it is missing, and the end of the run says
+how many and why (also under -q); under CI (CI=true) they fail instead, so CI cannot pass green
+without them.
 """
 
 from __future__ import annotations
@@ -22,11 +24,43 @@ def _shared_dir() -> Path:
     return Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared")).expanduser()
 
 
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+MISSING_SHARED = "shared data missing: "
+
+
+def missing_shared(reason: str) -> None:
+    """A test needs shared data that is not there: fail under CI, otherwise skip (the summary
+    at the end of the run counts these skips)."""
+    if running_in_ci():
+        pytest.fail(f"{MISSING_SHARED}{reason} (CI=true: tests needing the shared data must run, not skip)",
+                    pytrace=False)
+    pytest.skip(MISSING_SHARED + reason)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say, even under -q, how many tests were skipped for missing shared data, and how to run them."""
+    counts: dict = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(rep, "longrepr", None)
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else ""
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(MISSING_SHARED):
+            key = reason[len(MISSING_SHARED):]
+            counts[key] = counts.get(key, 0) + 1
+    for reason, count in counts.items():
+        terminalreporter.write_line(f"SKIPPED {count} test(s) needing shared data: {reason}. Set SHARED_DIR "
+                                    "to the shared folder to run them (under CI=true they fail).",
+                                    yellow=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     path = _shared_dir()
     if not path.is_dir():
-        pytest.skip(f"shared data folder not found at {path}; set SHARED_DIR to run this test")
+        missing_shared(f"shared data folder not found at {path}")
     return path
 
 
@@ -34,7 +68,7 @@ def shared_dir() -> Path:
 def real_lq_dir(shared_dir: Path) -> Path:
     path = shared_dir / "data" / "real_lq"
     if not path.is_dir():
-        pytest.skip(f"real low-quality photos not found at {path}")
+        missing_shared(f"real low-quality photos not found at {path}")
     return path
 
 
@@ -42,7 +76,7 @@ def real_lq_dir(shared_dir: Path) -> Path:
 def scrfd_model(shared_dir: Path) -> Path:
     path = shared_dir / "models" / "scrfd" / "scrfd_500m_bnkps.onnx"
     if not path.is_file():
-        pytest.skip(f"SCRFD test model not found at {path}")
+        missing_shared(f"SCRFD test model not found at {path}")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     return path
 

@@ -130,7 +130,7 @@ def test_outputs_never_overwrite(photos, model_file, tmp_path):
     users.write_bytes(b"the user's own file")
     before_src = src.read_bytes()
     assert _restore([src], folder, model_file) == 0   # outputs into the input's own folder
-    assert _restore([folder / "portrait.png"], folder, model_file) == 0
+    assert _restore([folder / "portrait.png"], folder, model_file, "--force") == 0  # redo: a new name
     assert src.read_bytes() == before_src
     assert users.read_bytes() == b"the user's own file"
     first, second = folder / "portrait_restored_1.png", folder / "portrait_restored_2.png"
@@ -234,7 +234,7 @@ def test_bank_build_info_and_cache_next_to_bank(photos, model_file, real_lq_dir,
     for run in range(2):
         report = tmp_path / f"r{run}.json"
         assert _restore([photos["portrait"]], tmp_path / "out", model_file, "--refs", str(bank_file), "--max-refs",
-                        "2", "--report", str(report)) == 0
+                        "2", "--report", str(report), "--force") == 0
         statuses.append(json.loads(report.read_text())["reference_cache"])
     assert [s["status"] for s in statuses] == ["miss", "hit"]
     assert Path(statuses[0]["path"]).parent == Path(str(bank_file) + ".kvcache")

@@ -70,6 +70,17 @@ def _inert_class(name: str) -> type:
     return type(name.rsplit(".", 1)[-1], (_Inert,), {})
 
 
+# torch.save's legacy format starts with a protocol-2 pickle of this magic number.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """True for a zip archive (torch >= 1.6) or a legacy torch.save file."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(_LEGACY_TORCH_MAGIC))
+    return head.startswith(b"PK\x03\x04") or head == _LEGACY_TORCH_MAGIC
+
+
 def torch_load_safe(path: Path, inert_objects: bool = False) -> object:
     """``torch.load(weights_only=True)`` with errors that say what to do.
 
@@ -99,6 +110,10 @@ def torch_load_safe(path: Path, inert_objects: bool = False) -> object:
                     raise
                 return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_save(path):
+            raise CheckpointError(f"{path}: not a torch checkpoint (neither torch's zip format nor its "
+                                  "legacy pickle format; the file may be damaged or something else "
+                                  "renamed to .pt); download it again") from exc
         raise CheckpointError(
             f"{path}: refused to load. The file contains Python objects or code, not only "
             f"weights, and this package never unpickles those (details: {str(exc).splitlines()[0]}). "
@@ -284,11 +299,15 @@ def fuse_lora_file(base: Mapping[str, torch.Tensor], lora: Mapping[str, torch.Te
 
 
 def atomic_target(dst: Path, overwrite: bool = False) -> Path:
-    """Check that `dst` may be written (never overwrite a user's file unless asked)."""
+    """Check that `dst` may be written (never overwrite a user's file unless asked); a missing
+    folder is fine (the writer creates it) when it can be created."""
+    from ..outputs import check_folder_writable
+
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst} already exists; choose another output name or delete it first")
-    if not dst.parent.is_dir():
-        raise CheckpointError(f"output folder {dst.parent} does not exist")
+    problem = check_folder_writable(dst.parent, "output folder")
+    if problem:
+        raise CheckpointError(f"{problem}; choose another output path")
     return dst
 
