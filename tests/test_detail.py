@@ -144,3 +144,26 @@ def test_manual_strength_blends_exactly(pipeline, clean_photo):
         assert h.info["strength"] == 0.5 and "detail" not in h.info
         np.testing.assert_allclose(h.restored, src.crop + 0.5 * (f.restored - src.crop), atol=1e-5)
 
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_strength_auto_by_default_number_overrides_bad_value_is_usage_error(model_file, real_lq_dir,
+                                                                                 tmp_path, capsys):
+    import json
+
+    from restorer_core.cli import main
+
+    src = real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg"
+    strengths = {}
+    for name, extra in (("auto", []), ("manual", ["--strength", "0.3"])):
+        report = tmp_path / f"{name}.json"
+        assert main(["restore", str(src), "--out", str(tmp_path / name), "--model", str(model_file), "--quiet",
+                     "--report", str(report), *extra]) == 0
+        strengths[name] = [f["strength"] for f in json.loads(report.read_text())["images"][0]["faces"]]
+    assert strengths["manual"] and set(strengths["manual"]) == {0.3}
+    assert len(strengths["auto"]) == len(strengths["manual"]) and max(strengths["auto"]) <= 0.05
+    assert main(["restore", str(src), "--out", str(tmp_path / "bad"), "--model", str(model_file),
+                 "--strength", "strong"]) == 2
+    assert "--strength must be 'auto' or a number" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
