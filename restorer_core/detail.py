@@ -41,6 +41,8 @@ class DetailConfig:
     at the full resolution the size term is 0. region: the face centre measured, as fractions of
     the aligned crop (x0, y0, x1, y1); the FFHQ template puts eyes, nose and mouth inside it.
     fine_sigma / mid_sigma: Gaussian sigmas (px at the analysis size) splitting the bands.
+    min_analysis_px: the smallest analysis size (a smaller face centre has too few pixels for the
+    band statistics; such faces get strength 1 from the size term anyway).
     """
 
     sharp: float = 0.26
@@ -49,7 +51,7 @@ class DetailConfig:
     region: tuple = (0.25, 0.30, 0.75, 0.85)
     fine_sigma: float = 1.0
     mid_sigma: float = 3.0
-    min_analysis_px: int = 16
+    min_analysis_px: int = 64
     discount_noise: bool = True
 
     def __post_init__(self) -> None:
