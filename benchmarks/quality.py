@@ -1,25 +1,33 @@
 #!/usr/bin/env python
-"""Quality of the shipped default restorer on held-out people: PSNR, SSIM and dlib identity.
+"""Quality of the restorers on held-out people, through the whole pipeline: the issue-13 table.
 
-Validation people (the face cache's identity split; never seen in training) give fixed samples:
-an HQ target, its LQ at x4 and x8 (``degrade_fixed``, fixed seeds) and 4 clean references of
-the same person. Rows per scale: bicubic and Lanczos upsampling of the same small degraded image,
-the model without references (visual prompt only) and with the first 1, 2 and 4 references
-(visual prompt + reference attention). Every output is rounded to uint8 before scoring, so all
-rows are treated the same.
+Validation people (the identity split of restorer_core/train/prepare.py, never trained on) give
+samples: a target photo (the original file from $SHARED_DIR/data/faces, at its own size), 4 other
+photos of the same person (the references) and 4 photos of another validation person (the wrong
+references). Conditions: the whole target photo degraded with `degrade_fixed` at x4, x8, x16 (blur,
+area downsampling, noise, JPEG; fixed seeds; resized back with bicubic), and **clean** (the photo as
+it is). Rows: `bicubic` (the condition's input photo itself), `v1` (--v1, no references), and the
+model under test (--model): without references, with the wrong person's 4 references, with 1, 2
+and 4 references. Every model row runs the library's pipeline with its defaults (detection,
+alignment, automatic strength, paste-back with colour fix); a face the detector misses passes
+through unrestored and is scored as it is.
 
-Identity: dlib's ResNet face descriptor (face_recognition_models' weights). Each 128 px crop is
-upscaled to 256 px with Lanczos, dlib's 5-point shape predictor runs inside one fixed rectangle
-(size and height from dlib's HOG detector on the HQ targets, centred on the FFHQ template; the
-crops are aligned, so one box fits all), and the descriptor is compared with the target's: cosine similarity and euclidean
-distance (dlib's same-person threshold is 0.6).
+Scoring: the clean photo's face (default detector, largest and most central) gives the alignment;
+every output photo is cut with that same alignment. PSNR and SSIM on the 128 px aligned crop;
+identity with dlib's ResNet descriptor (an independent model, never trained on): similarity
+1 - d/1.2 and the same-person share d < 0.6; detail ratio = variance of the Laplacian in the face
+centre over the clean target's, on the 128 px crop and at the face's own size (128-512 px); colour shift = CIE76
+distance between the mean Lab colours of the face centre (output vs target); detection share = the
+pipeline restored a face overlapping the target (IoU > 0.3); the strength the pipeline used.
+Means over people (each person averaged first); margins with a 95% bootstrap CI over people; the
+issue's targets printed as PASS / MISS.
 
-Means are reported over samples and over people (each person averaged first); paired margins
-(4 refs - bicubic, 4 refs - no refs, no refs - bicubic) come with their std over people and a bootstrap 95% CI.
+Plus the real-world reference case of real_lq/lfw_references: VQFR's real LQ crop of each person,
+restored with that person's other photos as references; ground truth: the person's `_0001` photo
+(never in a bank).
 
-    python benchmarks/quality.py --data .traindata/faces128.npz            # print the tables
-    python benchmarks/quality.py --data .traindata/faces128.npz --write    # also update results/
-    python benchmarks/quality.py --render    # rewrite results/quality.md from results/quality.json
+    python benchmarks/quality.py --data .traindata/faces128.npz --v1 /tmp/v1_restorer.safetensors \\
+        --model PATH [--targets-per-identity 2] [--write results/quality_v2.md]
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,26 +51,23 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from restorer_core.align import align_face, template_landmarks  # noqa: E402
 from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.align import template_landmarks  # noqa: E402
-from restorer_core.models.reference_kv import ReferenceKV  # noqa: E402
-from restorer_core.train.dataset import (  # noqa: E402
-    FaceCache,
-    ValidationSet,
-    _derived_seed,
-    build_validation_set,
-)
+from restorer_core.detect.base import box_iou  # noqa: E402
 from restorer_core.train.degrade import degrade_fixed  # noqa: E402
 from restorer_core.train.losses import ssim as ssim_torch  # noqa: E402
-from restorer_core.train.prepare import SPLIT_TRAIN  # noqa: E402
+from restorer_core.train.prepare import SPLIT_TRAIN, SPLIT_VAL, face_priority  # noqa: E402
 
-RESULTS_MD = HERE / "results" / "quality.md"
-RESULTS_JSON = HERE / "results" / "quality.json"
 DLIB_SAME_PERSON = 0.6
-METRICS = ("id_cos", "id_dist", "id_match", "psnr", "ssim")
-METRIC_LABELS = {"id_cos": "ID cos ↑", "id_dist": "ID dist ↓", "id_match": "dist < 0.6 ↑",
-                 "psnr": "PSNR ↑", "ssim": "SSIM ↑"}
-MARGIN_METRICS = ("id_cos", "id_dist", "psnr", "ssim")
+DLIB_SCALE = 1.2  # similarity = 1 - distance / DLIB_SCALE
+CROP = 128  # aligned crop for PSNR / SSIM / identity
+FACE_CENTRE = (0.25, 0.30, 0.75, 0.85)  # face centre of an aligned crop (x0, y0, x1, y1), as restorer_core.detail
+METRICS = ("psnr", "ssim", "sim", "same", "detail128", "detail", "dE", "detected", "strength")
+LABELS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "sim": "dlib sim ↑", "same": "same person ↑",
+          "detail128": "detail ratio 128 px", "detail": "detail ratio own size", "dE": "colour ΔE ↓",
+          "detected": "detected", "strength": "strength"}
+DIGITS = {"psnr": 2, "ssim": 3, "sim": 3, "same": 2, "detail128": 2, "detail": 2, "dE": 2, "detected": 2,
+          "strength": 2}
 
 
 @dataclass(frozen=True)
@@ -70,40 +75,24 @@ class QualityConfig:
     """What is measured and how; stored with the results."""
 
     data: str = ".traindata/faces128.npz"
-    model: Optional[str] = None  # None: the embedded default restorer
-    scales: tuple = (4, 8)
+    v1: Optional[str] = None  # None: the embedded default restorer
+    model: Optional[str] = None  # the model under test ("v2"); None: the embedded default
+    scales: tuple = (4, 8, 16)
+    clean: bool = True
+    lfw_case: bool = True
     num_refs: int = 4
-    ref_counts: tuple = (1, 2, 4)  # the first k of the num_refs references
+    ref_counts: tuple = (1, 2, 4)
+    targets_per_identity: int = 1
+    people: int = 0  # 0: every validation person with enough photos
     seed: int = 1234
-    targets_per_identity: int = 6
-    limit: int = 0  # score only the first N samples (quick checks); 0 = all
-    batch: int = 8
     threads: int = 1
     face_size: int = 256  # crops are Lanczos-upscaled to this before dlib
     bootstrap: int = 10000
     bootstrap_seed: int = 0
 
 
-# ----------------------------------------------------------------------------- rows
-
-
-def row_names(ref_counts: Sequence[int]) -> list:
-    return ["bicubic", "lanczos", "no refs"] + [f"{k} ref" + ("s" if k > 1 else "") for k in ref_counts]
-
-
-def small_lq(vset: ValidationSet, scale: int, seed: int) -> np.ndarray:
-    """The small degraded images behind ``vset.lq[scale]`` (same seeds as build_validation_set)."""
-    return np.stack([degrade_fixed(hq, scale, _derived_seed(seed, int(t), scale), upscale=False)
-                     for hq, t in zip(vset.hq, vset.target_index)])
-
-
-def upsample(small: np.ndarray, size: int, interpolation: int) -> np.ndarray:
-    """uint8 [N, s, s, 3] -> uint8 [N, size, size, 3], resized as float 0..1 (like degrade_fixed)."""
-    out = np.empty((len(small), size, size, 3), np.uint8)
-    for i, img in enumerate(small):
-        up = cv2.resize(img.astype(np.float32) / 255.0, (size, size), interpolation=interpolation)
-        out[i] = np.round(np.clip(up, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return out
+def shared_dir() -> Path:
+    return Path(os.environ.get("SHARED_DIR", REPO.parent / "shared")).resolve()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -112,36 +101,108 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return t.movedim(-1, -3).contiguous()
 
 
-def to_uint8(t: torch.Tensor) -> np.ndarray:
-    return (t.float().clamp(0, 1) * 255.0).round().to(torch.uint8).movedim(-3, -1).numpy()
+# ----------------------------------------------------------------------------- samples
 
 
-def first_refs(kv: ReferenceKV, k: int) -> ReferenceKV:
-    """The K/V of the first k references (each reference is encoded on its own, so this equals
-    encoding only those k)."""
-    mask = kv.mask[:, :k] if kv.mask is not None else None
-    return ReferenceKV(list(kv.layers), [x[:, :k] for x in kv.keys], [x[:, :k] for x in kv.values], mask)
+@dataclass
+class Sample:
+    """One target photo of a validation person, its references and a wrong person's."""
+
+    person: str
+    target: Path
+    refs: list
+    wrong_person: str = ""
+    wrong_refs: list = field(default_factory=list)
 
 
-@torch.no_grad()
-def restore_all(model, vset: ValidationSet, cfg: QualityConfig) -> dict:
-    """{scale: {row: uint8 [N, S, S, 3]}} for the model rows; references encoded once per sample."""
-    n = len(vset)
-    names = row_names(cfg.ref_counts)[2:]
-    out = {sc: {r: np.empty_like(vset.hq) for r in names} for sc in cfg.scales}
-    start = time.perf_counter()
-    for lo in range(0, n, cfg.batch):
-        hi = min(n, lo + cfg.batch)
-        kv = model.encode_references(to_tensor(vset.refs[lo:hi]))
-        for sc in cfg.scales:
-            lq = to_tensor(vset.lq[sc][lo:hi])
-            out[sc]["no refs"][lo:hi] = to_uint8(model(lq, None, mode="visual_prompt"))
-            for k, name in zip(cfg.ref_counts, names[1:]):
-                out[sc][name][lo:hi] = to_uint8(model(lq, first_refs(kv, k), mode="both"))
-        done = time.perf_counter() - start
-        print(f"  restored {hi}/{n} samples ({done:.0f} s, ~{done / hi * (n - hi):.0f} s left)",
-              file=sys.stderr, flush=True)
-    return out
+def validation_samples(cfg: QualityConfig, faces_root: Path) -> list:
+    """Seeded targets and references of the validation people; checks the split is identity-disjoint."""
+    with np.load(cfg.data, allow_pickle=False) as z:
+        if "filenames" not in z.files:
+            raise SystemExit(f"{cfg.data} has no file names; rebuild it with restorer_core.train.prepare")
+        names, split, ident, id_names = z["filenames"], z["split"], z["identity"], z["identity_names"]
+    people: dict = {}
+    for n, s, i in zip(names, split, ident):
+        people.setdefault(str(id_names[i]), []).append((str(n), int(s)))
+    val = sorted(p for p, items in people.items() if items[0][1] == SPLIT_VAL)
+    for p in val:
+        if any(s == SPLIT_TRAIN for _, s in people[p]):
+            raise RuntimeError(f"validation person {p} has training photos")
+    val = [p for p in val if len(people[p]) >= cfg.num_refs + 1]
+    if cfg.people:
+        val = val[:cfg.people]
+    samples = []
+    for k, p in enumerate(val):
+        files = sorted(n for n, _ in people[p])
+        rng = np.random.default_rng([cfg.seed, k])
+        perm = rng.permutation(len(files))
+        for t in range(min(cfg.targets_per_identity, len(files))):
+            pool = [files[j] for j in perm if j != perm[t]]
+            samples.append(Sample(p, faces_root / files[perm[t]], [faces_root / f for f in pool[:cfg.num_refs]]))
+    by_person = {s.person: s.refs for s in samples}
+    order = sorted(by_person)
+    for s in samples:  # the wrong person: the next validation person in name order
+        other = order[(order.index(s.person) + 1) % len(order)]
+        s.wrong_person, s.wrong_refs = other, by_person[other]
+    return samples
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise RuntimeError(f"cannot read {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def main_face(rgb: np.ndarray, detector: Any) -> Any:
+    faces = detector.detect(rgb)
+    if not faces:
+        return None
+    return max(faces, key=lambda d: face_priority(np.asarray(d.box), rgb.shape[:2]))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(np.asarray(x, np.float32), 0, 1) * 255.0).astype(np.uint8)
+
+
+def crop_at(rgb: np.ndarray, det: Any, size: int) -> np.ndarray:
+    """uint8 aligned crop of `rgb` with the target's alignment (from the clean photo's detection)."""
+    return _u8(align_face(rgb, det, size).crop)
+
+
+def _centre(img: np.ndarray) -> np.ndarray:
+    s = img.shape[0]
+    x0, y0, x1, y1 = (int(round(v * s)) for v in FACE_CENTRE)
+    return img[y0:y1, x0:x1]
+
+
+def laplacian_variance(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey face centre (uint8 units)."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return float(cv2.Laplacian(grey, cv2.CV_64F)[_centre_slice(grey.shape[0])].var())
+
+
+def _centre_slice(s: int) -> tuple:
+    x0, y0, x1, y1 = (int(round(v * s)) for v in FACE_CENTRE)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def colour_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """CIE76 distance between the mean Lab colours of two crops' face centres."""
+    la = cv2.cvtColor(_centre(a).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+    lb = cv2.cvtColor(_centre(b).astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+    return float(np.linalg.norm(la - lb))
+
+
+def detail_size(det: Any) -> int:
+    """The face's own size for the detail ratio: the image pixels its aligned crop spans, 128..512."""
+    from restorer_core.detail import native_size
+
+    m = align_face(np.zeros((8, 8, 3), np.uint8), det, 512).matrix
+    return int(np.clip(round(native_size(512, m)), 128, 512))
 
 
 # ----------------------------------------------------------------------------- pixel metrics
@@ -258,303 +319,399 @@ def identity_scores(pred: np.ndarray, target: np.ndarray) -> dict:
     return {"id_cos": cos, "id_dist": dist, "id_match": (dist < DLIB_SAME_PERSON).astype(np.float64)}
 
 
-# ----------------------------------------------------------------------------- statistics
+# ----------------------------------------------------------------------------- run
+
+
+MODEL_ROWS = ("v1", "v2 no refs", "v2 wrong refs")
+
+
+def row_names(cfg: QualityConfig) -> list:
+    return ["bicubic", *MODEL_ROWS] + [f"v2 {k} ref" + ("s" if k > 1 else "") for k in cfg.ref_counts]
+
+
+def condition_names(cfg: QualityConfig) -> list:
+    return [f"x{s}" for s in cfg.scales] + (["clean"] if cfg.clean else [])
+
+
+def condition_input(clean: np.ndarray, cond: str, seed: int) -> np.ndarray:
+    return clean if cond == "clean" else degrade_fixed(clean, int(cond[1:]), seed)
+
+
+def restored_target(result: Any, det: Any) -> tuple:
+    """(detected, strength) of the pipeline's face overlapping the target (IoU > 0.3)."""
+    for face in result.faces:
+        if box_iou(np.asarray(face.box)[None], np.asarray(det.box)[None])[0, 0] > 0.3:
+            return 1.0, float(face.info.get("strength", 1.0))
+    return 0.0, float("nan")
+
+
+def run(cfg: QualityConfig) -> dict:
+    from restorer_core.bank import build_bank
+    from restorer_core.detect import create_detector
+    from restorer_core.errors import BankError
+    from restorer_core.model_zoo import describe_model, load_any_restorer
+    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    cv2.setNumThreads(1)
+    faces_root = shared_dir() / "data" / "faces"
+    if not faces_root.is_dir():
+        raise SystemExit(f"{faces_root} not found; set SHARED_DIR to the folder holding data/faces")
+    detector = create_detector("yunet")
+    samples = validation_samples(cfg, faces_root)
+    v1 = load_any_restorer(cfg.v1, device="cpu", dtype="float32")
+    v2 = load_any_restorer(cfg.model, device="cpu", dtype="float32")
+    pipes = {"v1": FaceRestorePipeline(v1), "v2": FaceRestorePipeline(v2)}
+    for p in pipes.values():
+        p.add_detector(RestoreOptions(), detector)
+    rows, conds = row_names(cfg), condition_names(cfg)
+    rec: dict = {(c, r): {"crop": [], "dcrop": [], "detected": [], "strength": []} for c in conds for r in rows}
+    hq, hq_detail, person, skipped, face_sizes, t_model = [], [], [], [], [], 0.0
+    for i, s in enumerate(samples):
+        clean = read_rgb(s.target)
+        det = main_face(clean, detector)
+        if det is None:
+            skipped.append(f"{s.target.name}: no face in the clean photo")
+            continue
+        try:
+            banks = {"right": build_bank(s.refs, detector), "wrong": build_bank(s.wrong_refs, detector)}
+        except BankError as exc:
+            skipped.append(f"{s.target.name}: {exc}")
+            continue
+        dsize = detail_size(det)
+        hq.append(crop_at(clean, det, CROP))
+        hq_detail.append(crop_at(clean, det, dsize))
+        person.append(s.person)
+        face_sizes.append(det.size)
+        inputs = {c: condition_input(clean, c, cfg.seed + 7919 * i + (0 if c == "clean" else int(c[1:])))
+                  for c in conds}
+        for c in conds:
+            rec[(c, "bicubic")]["crop"].append(crop_at(inputs[c], det, CROP))
+            rec[(c, "bicubic")]["dcrop"].append(crop_at(inputs[c], det, dsize))
+            rec[(c, "bicubic")]["detected"].append(float("nan"))
+            rec[(c, "bicubic")]["strength"].append(float("nan"))
+        specs = [("v1", "v1", None, 4), ("v2 no refs", "v2", None, 4), ("v2 wrong refs", "v2", "wrong", 4)]
+        specs += [(name, "v2", "right", k) for name, k in zip(rows[4:], cfg.ref_counts)]
+        t1 = time.perf_counter()
+        for row, model, bank, k in specs:
+            opts = RestoreOptions(max_refs=k, use_cache=False)
+            for c in conds:
+                res = pipes[model].restore_images([inputs[c]], banks.get(bank) if bank else None, opts)[0]
+                out = np.asarray(res.pixels)
+                detected, strength = restored_target(res, det)
+                r = rec[(c, row)]
+                r["crop"].append(crop_at(out, det, CROP))
+                r["dcrop"].append(crop_at(out, det, dsize))
+                r["detected"].append(detected)
+                r["strength"].append(strength)
+        t_model += time.perf_counter() - t1
+        done = time.perf_counter() - t0
+        print(f"  sample {i + 1}/{len(samples)} ({done:.0f} s, ~{done / (i + 1) * (len(samples) - i - 1):.0f} s left)",
+              file=sys.stderr, flush=True)
+    if not hq:
+        raise SystemExit("no sample could be scored")
+
+    t2 = time.perf_counter()
+    ident = DlibIdentity(cfg.face_size)
+    hq_arr = np.stack(hq)
+    box = ident.fit_box(hq_arr)
+    target_desc = ident.descriptors(hq_arr)
+    hq_lap = np.array([laplacian_variance(x) for x in hq_detail])
+    hq_lap128 = np.array([laplacian_variance(x) for x in hq_arr])
+    scores: dict = {}
+    for (c, r), d in rec.items():
+        crops = np.stack(d["crop"])
+        dist = np.linalg.norm(ident.descriptors(crops) - target_desc, axis=1)
+        scores[(c, r)] = {
+            "psnr": psnr(crops, hq_arr), "ssim": ssim(crops, hq_arr),
+            "sim": 1.0 - dist / DLIB_SCALE, "same": (dist < DLIB_SAME_PERSON).astype(np.float64),
+            "detail128": np.array([laplacian_variance(x) for x in crops]) / np.maximum(hq_lap128, 1e-9),
+            "detail": np.array([laplacian_variance(x) for x in d["dcrop"]]) / np.maximum(hq_lap, 1e-9),
+            "dE": np.array([colour_shift(a, b) for a, b in zip(crops, hq_arr)]),
+            "detected": np.array(d["detected"]), "strength": np.array(d["strength"])}
+    t_metrics = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    lfw = lfw_reference_case(pipes, detector, ident) if cfg.lfw_case else []
+    t_lfw = time.perf_counter() - t3
+    return summarize(cfg, scores, np.array(person), skipped, box, ident.box_detections,
+                     {"v1": describe_model(v1), "v2": describe_model(v2)}, lfw,
+                     {"model_s": t_model, "metrics_s": t_metrics, "lfw_case_s": t_lfw,
+                      "total_s": time.perf_counter() - t0}, face_sizes)
+
+
+# ----------------------------------------------------------------------------- the LFW reference case
+
+
+LFW_PEOPLE = ("Eliane_Karp", "Elin_Nordegren", "Jesse_Ventura", "Michael_Chang")
+
+
+def dlib_descriptor(ident: "DlibIdentity", rgb: np.ndarray) -> Optional[np.ndarray]:
+    """Descriptor of the largest face dlib's HOG detector finds (upsampling once), or None."""
+    dets = ident.dlib.get_frontal_face_detector()(rgb, 1)
+    if not dets:
+        return None
+    d = max(dets, key=lambda r: r.width() * r.height())
+    img = np.ascontiguousarray(rgb)
+    return np.array(ident.net.compute_face_descriptor(img, ident.shape_predictor(img, d)))
+
+
+def lfw_reference_case(pipes: dict, detector: Any, ident: "DlibIdentity") -> list:
+    """Per person: dlib similarity to the `_0001` ground truth of the real LQ crop and of each row's
+    output (automatic strength, and strength 1), references = the person's other photos."""
+    from restorer_core.bank import build_bank
+    from restorer_core.pipeline import RestoreOptions
+
+    real_lq = shared_dir() / "data" / "real_lq"
+    refs = {p: sorted(f for f in (real_lq / "lfw_references" / p).glob("*.jpg") if not f.stem.endswith("_0001"))
+            for p in LFW_PEOPLE}
+    out = []
+    for k, p in enumerate(LFW_PEOPLE):
+        lq_path = real_lq / "vqfr" / "cropped_faces" / f"{p}_0001_00_lq.png"
+        gt_path = real_lq / "lfw_references" / p / f"{p}_0001.jpg"
+        if not lq_path.is_file() or not gt_path.is_file() or not refs[p]:
+            continue
+        lq, gt = read_rgb(lq_path), read_rgb(gt_path)
+        gt_desc = dlib_descriptor(ident, gt)
+        if gt_desc is None:
+            continue
+        wrong = LFW_PEOPLE[(k + 1) % len(LFW_PEOPLE)]
+        banks = {"right": build_bank(refs[p][:4], detector), "wrong": build_bank(refs[wrong][:4], detector)}
+
+        def sim(img: np.ndarray) -> Optional[float]:
+            d = dlib_descriptor(ident, img)
+            return None if d is None else float(1.0 - np.linalg.norm(d - gt_desc) / DLIB_SCALE)
+
+        entry = {"person": p, "references": [f.name for f in refs[p][:4]], "wrong": wrong,
+                 "rows": {"input": {"auto": sim(lq), "full": sim(lq)}}}
+        for row, model, bank in (("v1", "v1", None), ("v2 no refs", "v2", None), ("v2 wrong refs", "v2", "wrong"),
+                                 (f"v2 {len(refs[p][:4])} refs", "v2", "right")):
+            entry["rows"][row] = {}
+            for name, strength in (("auto", "auto"), ("full", 1.0)):
+                res = pipes[model].restore_images([lq], banks.get(bank) if bank else None,
+                                                  RestoreOptions(strength=strength, use_cache=False))[0]
+                entry["rows"][row][name] = sim(np.asarray(res.pixels))
+                if name == "auto":
+                    entry["rows"][row]["strength"] = [round(float(f.info.get("strength", 1.0)), 2) for f in res.faces]
+        out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------- summary
 
 
 def per_person(values: np.ndarray, person: np.ndarray) -> np.ndarray:
-    """Mean of values per person (people in sorted id order)."""
-    ids = np.unique(person)
-    return np.array([values[person == p].mean() for p in ids])
+    """Mean of values per person (people in sorted order; NaN entries ignored)."""
+    out = []
+    for p in np.unique(person):
+        v = values[person == p]
+        v = v[~np.isnan(v)]
+        out.append(v.mean() if len(v) else np.nan)
+    return np.array(out)
 
 
 def mean_std(x: np.ndarray) -> dict:
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return {"mean": None, "std": None}
     return {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1)) if len(x) > 1 else 0.0}
 
 
 def bootstrap_ci(x: np.ndarray, reps: int, seed: int, level: float = 0.95) -> tuple:
     """Percentile bootstrap CI of the mean of x (resampling its entries with replacement)."""
+    x = x[~np.isnan(x)]
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(reps, len(x)))].mean(1)
     a = (1.0 - level) / 2.0
     return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
 
 
-def verdict(ci: tuple, higher_is_better: bool = True) -> str:
-    lo, hi = ci
-    if lo > 0:
-        return "above" if higher_is_better else "worse"
-    if hi < 0:
-        return "below" if higher_is_better else "better"
-    return "not distinguishable from"
+MARGINS = (("sim", "v2 4 refs", "v2 no refs"), ("sim", "v2 4 refs", "bicubic"), ("sim", "v2 wrong refs", "v2 no refs"),
+           ("sim", "v2 no refs", "bicubic"), ("sim", "v1", "bicubic"), ("psnr", "v2 4 refs", "bicubic"),
+           ("psnr", "v2 no refs", "bicubic"))
 
 
-# ----------------------------------------------------------------------------- run
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets: `row` (minus `base`, when given) of `metric` at `cond` must lie in [low, high]."""
+
+    label: str
+    cond: str
+    metric: str
+    row: str
+    base: Optional[str] = None
+    low: float = -np.inf
+    high: float = np.inf
 
 
-def check_split(cache: FaceCache, vset: ValidationSet) -> int:
-    """Number of validation people; raises if any of their crops is in the training split."""
-    people = np.unique(vset.identity)
-    for p in people:
-        if np.any(cache.split[cache.by_identity[p]] == SPLIT_TRAIN):
-            raise RuntimeError(f"validation person {cache.identity_names[p]} has training crops")
-    return len(people)
+TARGETS = (
+    Target("x8: 4 refs ≥ no refs + .05 similarity", "x8", "sim", "v2 4 refs", "v2 no refs", low=0.05),
+    Target("x8: 4 refs ≥ bicubic + .10 similarity", "x8", "sim", "v2 4 refs", "bicubic", low=0.10),
+    Target("x4: 4 refs ≥ bicubic + .05 similarity", "x4", "sim", "v2 4 refs", "bicubic", low=0.05),
+    *(Target(f"{c}: wrong-person refs ≤ no refs (similarity)", c, "sim", "v2 wrong refs", "v2 no refs", high=0.0)
+      for c in ("x4", "x8", "x16")),
+    *(Target(f"{c}: PSNR ≥ bicubic + 1 dB ({r})", c, "psnr", r, "bicubic", low=1.0)
+      for c in ("x4", "x8") for r in ("v2 no refs", "v2 4 refs")),
+    *(Target(f"{c}: detail ratio at 128 px 0.8-1.2 ({r})", c, "detail128", r, low=0.8, high=1.2)
+      for c in ("x4", "x8") for r in ("v2 no refs", "v2 4 refs")),
+    *(Target(f"clean: similarity drop ≤ .01 ({r})", "clean", "sim", r, "bicubic", low=-0.01)
+      for r in ("v2 no refs", "v2 4 refs")),
+    *(Target(f"clean: detail ratio at the face's own size ≥ 0.9 ({r})", "clean", "detail", r, low=0.9)
+      for r in ("v2 no refs", "v2 4 refs")),
+    *(Target(f"clean: colour ΔE ≤ 1 ({r})", "clean", "dE", r, high=1.0) for r in ("v2 no refs", "v2 4 refs")),
+)
 
 
-def run(cfg: QualityConfig, landmark_sheet: Optional[str] = None) -> dict:
-    t0 = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
-    from restorer_core.model_zoo import describe_model, load_any_restorer
-
-    cache = FaceCache.load(cfg.data)
-    vset = build_validation_set(cache, scales=cfg.scales, num_refs=cfg.num_refs, seed=cfg.seed,
-                                targets_per_identity=cfg.targets_per_identity)
-    if cfg.limit:
-        keep = np.arange(min(cfg.limit, len(vset)))
-        vset = ValidationSet(vset.hq[keep], {k: v[keep] for k, v in vset.lq.items()}, vset.refs[keep],
-                             vset.landmarks[keep], vset.ref_landmarks[keep], vset.identity[keep],
-                             vset.target_index[keep], vset.ref_index[keep],
-                             [vset.identity_names[i] for i in keep])
-    people = check_split(cache, vset)
-    print(f"{len(vset)} samples of {people} held-out people", file=sys.stderr)
-
-    # baselines from the very same small degraded images the model's bicubic LQ was made from
-    outputs: dict = {sc: {} for sc in cfg.scales}
-    for sc in cfg.scales:
-        small = small_lq(vset, sc, cfg.seed)
-        bicubic = upsample(small, cache.crop_size, cv2.INTER_CUBIC)
-        if not np.array_equal(bicubic, vset.lq[sc]):
-            raise RuntimeError("the bicubic row differs from the validation LQ: degrade_fixed changed?")
-        outputs[sc]["bicubic"] = bicubic
-        outputs[sc]["lanczos"] = upsample(small, cache.crop_size, cv2.INTER_LANCZOS4)
-    t_setup = time.perf_counter() - t0
-
-    model = load_any_restorer(cfg.model, device="cpu", dtype="float32")
-    t1 = time.perf_counter()
-    for sc, rows in restore_all(model, vset, cfg).items():
-        outputs[sc].update(rows)
-    t_model = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    ident = DlibIdentity(cfg.face_size)
-    box = ident.fit_box(vset.hq)
-    target_desc = ident.descriptors(vset.hq)
-    ref_scores = identity_scores(ident.descriptors(vset.refs[:, 0]), target_desc)
-    names = row_names(cfg.ref_counts)
-    scores: dict = {}
-    for sc in cfg.scales:
-        scores[sc] = {}
-        for name in names:
-            img = outputs[sc][name]
-            s = identity_scores(ident.descriptors(img), target_desc)
-            s["psnr"] = psnr(img, vset.hq)
-            s["ssim"] = ssim(img, vset.hq)
-            scores[sc][name] = s
-    t_metrics = time.perf_counter() - t2
-    if landmark_sheet:
-        picks = np.linspace(0, len(vset) - 1, 4).astype(int)
-        sc = max(cfg.scales)
-        ident.landmark_sheet([[vset.hq[i], outputs[sc]["bicubic"][i], outputs[sc]["no refs"][i],
-                               outputs[sc][names[-1]][i]] for i in picks], landmark_sheet)
-        print(f"landmark check sheet: {landmark_sheet}", file=sys.stderr)
-
-    return summarize(cfg, vset, people, scores, ref_scores, box, ident.box_detections, describe_model(model), {"setup_s": t_setup, "model_s": t_model, "metrics_s": t_metrics,
-                                             "total_s": time.perf_counter() - t0})
-
-
-def summarize(cfg: QualityConfig, vset: ValidationSet, people: int, scores: dict, ref_scores: dict, box: tuple,
-              box_n: int, described: dict, times: dict) -> dict:
-    """The JSON-able results: tables, margins, provenance, machine and runtime."""
-    names = row_names(cfg.ref_counts)
-    person = vset.identity
+def summarize(cfg: QualityConfig, scores: dict, person: np.ndarray, skipped: list, box: tuple, box_n: int,
+              models: dict, lfw: list, times: dict, face_sizes: list) -> dict:
     table: dict = {}
-    for sc, rows in scores.items():
-        table[f"x{sc}"] = {}
-        for name in names:
-            table[f"x{sc}"][name] = {
-                m: {"samples": mean_std(rows[name][m]), "people": mean_std(per_person(rows[name][m], person))}
-                for m in METRICS}
-    best = names[-1]
+    for (c, r), metrics in scores.items():
+        table.setdefault(c, {})[r] = {m: {"people": mean_std(per_person(v, person)), "samples": mean_std(v)}
+                                      for m, v in metrics.items()}
     margins: dict = {}
-    for sc, rows in scores.items():
-        margins[f"x{sc}"] = {}
-        for row, base in ((best, "bicubic"), (best, "no refs"), ("no refs", "bicubic")):
-            key = f"{row} - {base}"
-            margins[f"x{sc}"][key] = {}
-            for m in MARGIN_METRICS:
-                diff = per_person(rows[row][m] - rows[base][m], person)
-                ci = bootstrap_ci(diff, cfg.bootstrap, cfg.bootstrap_seed)
-                margins[f"x{sc}"][key][m] = {**mean_std(diff), "ci95": list(ci),
-                                             "verdict": verdict(ci, higher_is_better=(m != "id_dist"))}
-    n_faces = len(vset) * len(cfg.scales) * (len(names) - 2)
-    per_person_ids = np.unique(person)
+    for c in {c for c, _ in scores}:
+        for m, row, base in MARGINS:
+            if (c, row) not in scores:
+                continue
+            diff = per_person(scores[(c, row)][m] - scores[(c, base)][m], person)
+            margins.setdefault(c, {})[f"{m}: {row} - {base}"] = {**mean_std(diff), "ci95": list(
+                bootstrap_ci(diff, cfg.bootstrap, cfg.bootstrap_seed))}
+    checks = []
+    for t in TARGETS:
+        if (t.cond, t.row) not in scores:
+            continue
+        v = scores[(t.cond, t.row)][t.metric] - (scores[(t.cond, t.base)][t.metric] if t.base else 0.0)
+        pp = per_person(v, person)
+        mean = float(np.nanmean(pp))
+        ci = bootstrap_ci(pp, cfg.bootstrap, cfg.bootstrap_seed)
+        checks.append({"target": t.label, "value": mean, "ci95": list(ci),
+                       "verdict": "PASS" if t.low <= mean <= t.high else "MISS"})
     return {
         "config": asdict(cfg),
-        "samples": len(vset),
-        "people": people,
-        "samples_per_person": {"min": int(min((person == p).sum() for p in per_person_ids)),
-                               "max": int(max((person == p).sum() for p in per_person_ids))},
-        "identity_box_256": {"box": list(box), "from_detections": box_n,
-                             "rule": "median top, bottom and width of dlib HOG boxes on the Lanczos-upscaled HQ "
-                                      "targets, centred on the FFHQ template's landmark centroid"},
-        "reference_photo_vs_target": {m: {"samples": mean_std(ref_scores[m]),
-                                           "people": mean_std(per_person(ref_scores[m], person))}
-                                      for m in ("id_cos", "id_dist", "id_match")},
+        "samples": int(len(person)),
+        "people": int(len(np.unique(person))),
+        "skipped": skipped,
+        "face_box_px": {"min": int(min(face_sizes)), "median": int(np.median(face_sizes)), "max": int(max(face_sizes))},
+        "identity_box_256": {"box": list(box), "from_detections": box_n},
         "table": table,
         "margins": margins,
-        "model": {**{k: v for k, v in described.items() if k != "info"}, "path": _repo_relative(described.get("path"))},
-        "model_info": described.get("info", {}),
+        "targets": checks,
+        "lfw_reference_case": lfw,
+        "models": {k: {kk: vv for kk, vv in v.items() if kk != "info"} for k, v in models.items()},
         "machine": {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
-                    "dtype": "float32", "load_average_end": round(os.getloadavg()[0], 2)},
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "load_average_end": round(os.getloadavg()[0], 2)},
         "runtime_s": {k: round(v, 1) for k, v in times.items()},
-        "model_ms_per_face_forward": round(times["model_s"] * 1000.0 / max(1, n_faces), 1),
     }
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def _repo_relative(path: Optional[str]) -> Optional[str]:
-    if not path:
-        return path
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def _ms(d: dict, digits: int) -> str:
+def _fmt(d: dict, digits: int) -> str:
+    if d["mean"] is None:
+        return "–"
     return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
-_NOTES = {"above": "better", "below": "worse", "better": "better", "worse": "worse"}
-DIGITS = {"id_cos": 3, "id_dist": 3, "id_match": 2, "psnr": 2, "ssim": 3}
-
-
-def markdown(res: dict) -> str:
+def markdown(res: dict, title: str) -> str:
     cfg = res["config"]
-    info = res["model_info"].get("training", {})
-    tcfg = info.get("config", {})
+    m = res["models"]
     lines = [
-        "# Quality: the shipped default restorer on held-out people",
-        "",
-        f"What: `{res['model']['path']}` ({res['model']['method']}, {res['model']['resolution']} px, "
-        f"weights sha256 {str(res['model']['weights_sha256'])[:12]}…) against bicubic and Lanczos "
-        f"upsampling, on {res['samples']} samples of {res['people']} validation people "
-        f"({res['samples_per_person']['min']}–{res['samples_per_person']['max']} targets each) whose photos "
-        f"were never trained on (the face cache's identity split). Each sample: an HQ 128 px aligned target, its "
-        f"`degrade_fixed` LQ at x{' and x'.join(str(s) for s in cfg['scales'])} (blur, area downsampling, noise, "
-        f"JPEG; fixed seeds), and {cfg['num_refs']} clean other photos of the same person as references "
-        f"(`build_validation_set(seed={cfg['seed']}, targets_per_identity={cfg['targets_per_identity']})`).",
-        "",
-        "Rows: bicubic / Lanczos upsampling of the same small degraded image (bicubic is exactly the "
-        "model's input); the model with the visual prompt only (`no refs`); the model with the visual "
-        "prompt and the first 1, 2, 4 references (mode `both`). All outputs are rounded to uint8.",
-        "",
-        "Metrics against the HQ target: PSNR and SSIM on the 128 px RGB crops in [0, 1] (SSIM: 11 px "
-        "Gaussian window, sigma 1.5, valid filtering). Identity: dlib's ResNet descriptor "
-        "(`dlib_face_recognition_resnet_model_v1.dat`): crops Lanczos-upscaled to "
-        f"{cfg['face_size']} px, 5-point shape found in one fixed box {tuple(res['identity_box_256']['box'])} "
-        f"(median top, bottom and width of dlib's HOG detections on the "
-        f"{res['identity_box_256']['from_detections']} targets, centred on the FFHQ template; checked by eye on "
-        "targets, bicubic and restored x8 crops that the points land on the eye corners and under the nose), `compute_face_descriptor`; cosine similarity and "
-        "euclidean distance to the target's descriptor, and the share under dlib's 0.6 same-person threshold.",
-        "",
-        f"Rerun: `python benchmarks/quality.py --data {cfg['data']} --write` "
-        f"(CPU, {res['machine']['threads']} torch thread(s), {res['machine']['logical_cores']} logical cores, "
-        f"torch {res['machine']['torch']}, float32; took {res['runtime_s']['total_s'] / 60:.1f} min: "
-        f"model {res['runtime_s']['model_s']:.0f} s ({res['model_ms_per_face_forward']:.0f} ms per restored "
-        f"face incl. reference encoding), metrics {res['runtime_s']['metrics_s']:.0f} s; load average "
-        f"{res['machine']['load_average_end']} at the end).",
-        "",
-    ]
-    if info:
-        v = info.get("val", {})
-        lines += [
-            f"Model training (from its metadata): step {info.get('step')} of {tcfg.get('total_steps')} "
-            f"planned, {info.get('minutes_trained', 0):.1f} min on {info.get('world_size', 1)}× "
-            f"{info.get('device')}, batch {tcfg.get('batch_size')}, lr {tcfg.get('lr')}, "
-            f"{tcfg.get('mixed_precision')}, EMA {tcfg.get('ema_decay')}, data `{tcfg.get('data')}`, loss weights "
-            f"{json.dumps(tcfg.get('weights', {}), sort_keys=True)}. Its own validation at export: "
-            + ", ".join(f"{k} {val:.3f}" for k, val in sorted(v.items())) + ".",
-            "",
-        ]
-    ref = res["reference_photo_vs_target"]
-    lines += [
-        "Context: a clean *different* photo of the same person (reference 1) against the target scores "
-        f"ID cos {_ms(ref['id_cos']['people'], 3)}, dist {_ms(ref['id_dist']['people'], 3)}, "
-        f"{ref['id_match']['people']['mean']:.2f} under 0.6 (per person).",
-        "",
-    ]
-    for level, title in (("people", "per person (averaged per person first; ± std over people)"),
-                         ("samples", "over samples (± std over samples)")):
-        lines += [f"## Mean {title}", ""]
-        for sc, rows in res["table"].items():
-            lines += [f"**{sc}**", "", "| row | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |",
-                      "|---" * (len(METRICS) + 1) + "|"]
-            for name, metrics in rows.items():
-                lines.append(f"| {name} | " + " | ".join(_ms(metrics[m][level], DIGITS[m]) for m in METRICS) + " |")
-            lines.append("")
-    lines += ["## Paired margins over people", "",
-              f"Per-person mean of the per-sample difference; std over people; 95% percentile bootstrap CI "
-              f"over people ({cfg['bootstrap']} resamples, seed {cfg['bootstrap_seed']}).", "",
-              "| scale | comparison | metric | mean | std | 95% CI | |", "|---|---|---|---|---|---|---|"]
-    for sc, comps in res["margins"].items():
-        for comp, metrics in comps.items():
-            for m, d in metrics.items():
-                dg = DIGITS[m] + 1
-                note = _NOTES.get(d["verdict"], "CI includes 0")
-                lines.append(f"| {sc} | {comp} | {METRIC_LABELS[m]} | {d['mean']:+.{dg}f} | {d['std']:.{dg}f} | "
-                             f"[{d['ci95'][0]:+.{dg}f}, {d['ci95'][1]:+.{dg}f}] | {note} |")
-    lines += ["", "## Verdict", ""]
-    for sc, comps in res["margins"].items():
-        for key in comps:
-            row, base = key.split(" - ")
-            d, e = comps[key]["id_cos"], comps[key]["id_dist"]
-            lines.append(f"- {sc}: identity (dlib cosine) with {row.replace('no refs', 'no references')} is "
-                         f"**{d['verdict']}** {base}: "
-                         f"cos {d['mean']:+.4f}, 95% CI [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]; "
-                         f"distance {e['mean']:+.4f}, 95% CI [{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] "
-                         f"(lower is better: {_NOTES.get(e['verdict'], 'CI includes 0')}).")
-    lines += [
-        "",
-        "Reading these numbers: dlib descriptors are not centred, so cosine similarities crowd near 1 and "
-        "the distance is the more readable identity scale. The CIs resample the people only: they do not "
-        "cover other degradation seeds, other data or other training runs. With 128 px crops, dlib sees "
-        "upscaled low-resolution faces even for the HQ target.",
-    ]
+        f"# {title}", "",
+        f"Models: **v1** `{m['v1'].get('path')}` (sha256 {str(m['v1'].get('weights_sha256'))[:12]}…), "
+        f"**v2** (the model under test) `{m['v2'].get('path')}` (sha256 {str(m['v2'].get('weights_sha256'))[:12]}…). "
+        f"{res['samples']} samples of {res['people']} validation people ({cfg['targets_per_identity']} target "
+        f"photo(s) each; identity split of the face cache `{cfg['data']}`, never trained on); target faces "
+        f"{res['face_box_px']['min']}-{res['face_box_px']['max']} px (detector box, median "
+        f"{res['face_box_px']['median']}) in their original photos. Skipped: {len(res['skipped'])}.", "",
+        "Each condition's input is the whole target photo (degraded with `degrade_fixed` at x4 / x8 / x16, or "
+        "clean); `bicubic` is that input itself; every model row runs the library pipeline with its defaults "
+        "(YuNet with the second pass, 512 px crops, automatic strength, wavelet colour fix, paste-back). Scores "
+        "compare each output photo, cut with the clean photo's alignment, with the clean target: PSNR / SSIM "
+        "on 128 px crops; dlib similarity 1 − d/1.2 and same person (d < 0.6); detail ratio = Laplacian "
+        "variance of the face centre over the target's, on the 128 px crop (the model's resolution) and at the "
+        "face's own size in the photo (128-512 px: what a viewer sees); colour ΔE = distance of the "
+        "mean Lab colours of the face centre; detected = the pipeline restored the target face; strength = "
+        "what the pipeline used (auto).", "",
+        f"Run: `python benchmarks/quality.py --data {cfg['data']} --v1 V1 --model V2 --targets-per-identity "
+        f"{cfg['targets_per_identity']}` on the 2-core CPU dev machine ({res['machine']['threads']} torch threads, "
+        f"torch {res['machine']['torch']}, float32): {res['runtime_s']['total_s'] / 60:.1f} min (model rows "
+        f"{res['runtime_s']['model_s']:.0f} s, metrics {res['runtime_s']['metrics_s']:.0f} s); load average "
+        f"{res['machine']['load_average_end']} at the end.", "",
+        "## Mean per person (± std over people)", ""]
+    metrics = METRICS
+    for c, rows in res["table"].items():
+        lines += [f"**{c}**", "", "| row | " + " | ".join(LABELS[x] for x in metrics) + " |",
+                  "|---" * (len(metrics) + 1) + "|"]
+        for r, v in rows.items():
+            lines.append(f"| {r} | " + " | ".join(_fmt(v[x]["people"], DIGITS[x]) for x in metrics) + " |")
+        lines.append("")
+    lines += ["## Targets (issue 13), on the mean over people", "",
+              "| target | value | 95% CI over people | |", "|---|---|---|---|"]
+    for t in res["targets"]:
+        lines.append(f"| {t['target']} | {t['value']:+.3f} | [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] | "
+                     f"**{t['verdict']}** |")
+    lines += ["", "## Paired margins over people", "",
+              f"Per-person mean of the per-sample difference; 95% percentile bootstrap CI over people "
+              f"({cfg['bootstrap']} resamples).", "", "| condition | margin | mean | std | 95% CI |",
+              "|---|---|---|---|---|"]
+    for c, comps in res["margins"].items():
+        for k, d in comps.items():
+            lines.append(f"| {c} | {k} | {d['mean']:+.3f} | {d['std']:.3f} | [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] |")
+    lines += ["", "## Real LQ with references: real_lq/lfw_references", "",
+              "VQFR's real LQ crop of each person (`real_lq/vqfr/cropped_faces/<Name>_0001_00_lq.png`) through the "
+              "pipeline; references: the person's other LFW photos (never `_0001`, the crop's clean source); wrong: "
+              "the next person's. dlib similarity (1 − d/1.2, dlib's own detection) to `<Name>_0001.jpg`, at the "
+              "automatic strength (the strength used in brackets) / at strength 1.", ""]
+    case = res["lfw_reference_case"]
+    if case:
+        rows = list(case[0]["rows"])
+        rows = ["input", "v1", "v2 no refs", "v2 wrong refs", "v2 refs"]
+        lines += ["| person | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
+        for e in case:
+            cells = []
+            for r in rows:
+                key = r if r != "v2 refs" else next(k for k in e["rows"] if k.startswith("v2 ") and k.endswith("refs")
+                                                    and k not in ("v2 no refs", "v2 wrong refs"))
+                v = e["rows"][key]
+                fa = "–" if v["auto"] is None else f"{v['auto']:.3f}"
+                ff = "–" if v["full"] is None else f"{v['full']:.3f}"
+                st = f" ({', '.join(map(str, v['strength']))})" if v.get("strength") else ""
+                cells.append(f"{fa}{st} / {ff}" if r != "input" else fa)
+            lines.append(f"| {e['person']} ({len(e['references'])} refs) | " + " | ".join(cells) + " |")
+    lines += ["", "Reading: dlib's similarity crowds near its scale's middle (two photos of one person at d ≈ 0.45 "
+              "score ≈ 0.62); the CIs resample the people only, not other seeds or training runs."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=QualityConfig.data, help="face cache .npz (restorer_core.train.prepare)")
-    ap.add_argument("--model", default=None, help="restorer to score (default: the embedded default)")
+    ap.add_argument("--v1", default=None, help="the v1 restorer (default: the embedded default)")
+    ap.add_argument("--model", default=None, help="the restorer under test, 'v2' (default: the embedded default)")
     ap.add_argument("--targets-per-identity", type=int, default=QualityConfig.targets_per_identity)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N samples (quick check; not for --write)")
-    ap.add_argument("--batch", type=int, default=QualityConfig.batch)
+    ap.add_argument("--people", type=int, default=0, help="only the first N validation people (0: all)")
+    ap.add_argument("--scales", default="4,8,16", help="degradation scales, comma-separated")
+    ap.add_argument("--no-clean", action="store_true", help="skip the clean condition")
+    ap.add_argument("--no-lfw-case", action="store_true", help="skip the real_lq/lfw_references case")
     ap.add_argument("--threads", type=int, default=QualityConfig.threads, help="torch intra-op threads")
-    ap.add_argument("--landmark-sheet", default=None, help="write a PNG with the dlib box and 5 points drawn")
-    ap.add_argument("--write", action="store_true",
-                    help=f"update {RESULTS_MD.relative_to(REPO)} and {RESULTS_JSON.relative_to(REPO)}")
-    ap.add_argument("--render", action="store_true",
-                    help=f"only rewrite {RESULTS_MD.relative_to(REPO)} from {RESULTS_JSON.relative_to(REPO)} (no run)")
+    ap.add_argument("--title", default="Quality on held-out people: v1 and the model under test (v2)")
+    ap.add_argument("--write", default=None, metavar="MD",
+                    help="write the markdown here and the JSON next to it (.json); never overwrites")
     a = ap.parse_args(argv)
-    if a.render:
-        write_text_atomic(RESULTS_MD, markdown(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))))
-        print(f"wrote {RESULTS_MD}", file=sys.stderr)
-        return 0
-    if a.write and a.limit:
-        ap.error("--write scores the whole validation set; drop --limit")
-    cfg = QualityConfig(data=a.data, model=a.model, targets_per_identity=a.targets_per_identity, limit=a.limit,
-                        batch=a.batch, threads=a.threads)
-    res = run(cfg, a.landmark_sheet)
-    md = markdown(res)
+    out = Path(a.write) if a.write else None
+    if out is not None and (out.exists() or out.with_suffix(".json").exists()):
+        ap.error(f"{out} or its .json exists; choose a new name (results are never overwritten)")
+    if out is not None and not out.parent.is_dir():
+        ap.error(f"folder {out.parent} does not exist")
+    cfg = QualityConfig(data=a.data, v1=a.v1, model=a.model, targets_per_identity=a.targets_per_identity,
+                        people=a.people, scales=tuple(int(s) for s in a.scales.split(",") if s),
+                        clean=not a.no_clean, lfw_case=not a.no_lfw_case, threads=a.threads)
+    res = run(cfg)
+    md = markdown(res, a.title)
     print(md)
-    if a.write:
-        write_text_atomic(RESULTS_JSON, json.dumps(res, indent=1, sort_keys=False) + "\n")
-        write_text_atomic(RESULTS_MD, md)
-        print(f"wrote {RESULTS_MD} and {RESULTS_JSON}", file=sys.stderr)
+    if out is not None:
+        write_text_atomic(out.with_suffix(".json"), json.dumps(res, indent=1) + "\n")
+        write_text_atomic(out, md)
+        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
     return 0
 
 

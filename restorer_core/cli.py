@@ -860,7 +860,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mask", default="landmarks", choices=MASK_SHAPES)
     r.add_argument("--feather", type=float, default=24.0, help="mask softening, px of a 512 crop")
     r.add_argument("--erosion", type=float, default=8.0, help="mask shrink, px of a 512 crop")
-    r.add_argument("--strength", type=float, default=1.0, help="0 keeps the input face, 1 the restored one")
+    r.add_argument("--strength", default="auto",
+                   help="auto (default): per face, from the detail it already has (sharp or large faces are "
+                        "left almost as they are, blurred or small ones fully restored; the report lists "
+                        "each face's strength); or a number: 0 keeps the input face, 1 the restored one")
     r.add_argument("--crop-size", type=int, default=None,
                    help="aligned crop size (default: max(model resolution, 512))")
     r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",
@@ -911,8 +914,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError("--batch-size must be at least 1")
     if getattr(args, "max_refs", 1) < 1:
         raise UsageError("--max-refs must be at least 1")
-    if not 0.0 <= getattr(args, "strength", 1.0) <= 1.0:
-        raise UsageError("--strength must be between 0 and 1")
+    if hasattr(args, "strength"):
+        from .detail import check_strength
+
+        try:
+            args.strength = check_strength(args.strength)
+        except ValueError:
+            raise UsageError(f"--strength must be 'auto' or a number from 0 to 1, got {args.strength!r}") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

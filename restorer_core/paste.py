@@ -151,7 +151,8 @@ def paste_faces(
     """Blend each face's `.restored` into the image.
 
     original_pixels: uint8/uint16/float32, HxW, HxWx1, HxWx3 or HxWx4 (alpha kept as is).
-    Faces without `.restored` are skipped. Returns (pixels like the input, mask HxW float32:
+    Faces without `.restored`, and faces restored with strength 0 (info["strength"]: left exactly
+    as they are, not even resampled), are skipped. Returns (pixels like the input, mask HxW float32:
     the combined blend weight 1 - prod(1 - w_i), or None when return_mask is False).
     inplace=True writes into original_pixels instead of a copy; with return_mask=False
     nothing image-sized is allocated at all (for very large photos).
@@ -167,7 +168,7 @@ def paste_faces(
     out = image if inplace else image.copy()
     total = np.zeros((h, w), dtype=np.float32) if return_mask else None
     for face in faces:
-        if face.restored is None:
+        if face.restored is None or face.info.get("strength") == 0.0:
             continue
         restored = _prepare_restored(face, config)
         s = face.crop_size

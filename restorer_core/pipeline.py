@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
 
 from .conditioning import Capabilities, Conditioning, decide
+from .detail import AUTO, check_strength, face_strength
 from .errors import CancelledError
 from .options import SPEEDS
 from .faces import AlignedFace
@@ -42,7 +43,9 @@ class RestoreOptions:
 
     mode: the restorer's conditioning ("auto" | "references" | "visual_prompt" | "both" |
     "none"). max_refs: references used from the bank. strength: 0 keeps the input face, 1 the
-    restored one (blended in crop space, before colour fix and paste). crop_size: the aligned
+    restored one (blended in crop space, before colour fix and paste); "auto" (default) sets it per
+    face from the detail the face already has at the restorer's resolution (restorer_core.detail:
+    sharp, large faces ~0, blurred or small ones 1). crop_size: the aligned
     crop faces are cut at (None: max(restorer resolution, 512)). detail_transfer: keep the input's
     detail finer than the restorer's resolution (see transfer_detail). cache_dir / use_cache: where the
     bank's reference keys/values are cached (None: next to the bank file).
@@ -52,7 +55,7 @@ class RestoreOptions:
     max_refs: int = 4
     batch_size: int = 8
     seed: int = 0
-    strength: float = 1.0
+    strength: Union[float, str] = AUTO
     paste: PasteConfig = field(default_factory=PasteConfig)
     selection: FaceSelection = field(default_factory=FaceSelection)
     detector: str = "yunet"
@@ -65,8 +68,7 @@ class RestoreOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0.0 <= self.strength <= 1.0:
-            raise ValueError(f"strength must be in 0..1, got {self.strength}")
+        self.strength = check_strength(self.strength)
         if self.max_refs < 1:
             raise ValueError(f"max_refs must be at least 1, got {self.max_refs}")
         if self.crop_size is not None and self.crop_size < 32:
@@ -243,7 +245,8 @@ class FaceRestorePipeline:
                       options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
                       should_cancel: Optional[CancelFn] = None, refs: Any = None) -> list:
         """Restore aligned faces in batches; returns new AlignedFaces (sorted by image, then
-        face index) whose `.restored` is at their crop size, blended with `strength`.
+        face index) whose `.restored` is at their crop size, blended with `strength`; each face's
+        info carries the strength used (and, for "auto", the detail estimate behind it).
 
         Raises CancelledError when should_cancel() is true before a batch.
         """
@@ -275,10 +278,14 @@ class FaceRestorePipeline:
                 restored = resize_square(restored, face.crop_size)
                 if options.detail_transfer and face.crop_size > res:
                     restored = transfer_detail(restored, face.crop, res)
-                if options.strength < 1.0:
+                strength, estimate = face_strength(options.strength, face.crop, face.matrix, res)
+                if strength < 1.0:
                     crop = face.crop.astype(np.float32)
-                    restored = crop + np.float32(options.strength) * (restored - crop)
+                    restored = crop + np.float32(strength) * (restored - crop)
                 new = face.with_restored(restored.astype(np.float32))
+                new.info["strength"] = strength
+                if estimate is not None:
+                    new.info["detail"] = estimate.to_dict()
                 new.info["restore_seconds"] = share
                 out.append(new)
             done += len(chunk)
@@ -353,6 +360,7 @@ class FaceRestorePipeline:
         for k, face in enumerate(faces):
             rec = by_index[face.face_index]
             rec.status = "restored"
+            rec.strength = face.info.get("strength")
             record.add_time("restore", face.info.get("restore_seconds", 0.0))
             if after is not None:
                 rec.similarity_after = after[k]

@@ -31,7 +31,8 @@ def _round(value: Optional[float], digits: int = 4) -> Optional[float]:
 class FaceRecord:
     """One detected face: left-to-right index, box [x0, y0, x1, y1], detector score, size in
     px, status ("restored" | "skipped"), the reason when skipped, and identity similarity to
-    the reference bank before/after restoration when an identity embedder is available."""
+    the reference bank before/after restoration when an identity embedder is available, and the
+    restoration strength used (the automatic one, or the manual value)."""
 
     index: int
     box: list
@@ -41,6 +42,7 @@ class FaceRecord:
     reason: str = ""
     similarity_before: Optional[float] = None
     similarity_after: Optional[float] = None
+    strength: Optional[float] = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,6 +51,7 @@ class FaceRecord:
         d["size"] = round(float(self.size), 1)
         d["similarity_before"] = _round(self.similarity_before)
         d["similarity_after"] = _round(self.similarity_after)
+        d["strength"] = _round(self.strength, 3)
         return d
 
 

@@ -72,7 +72,8 @@ def test_restore_group_photo_with_and_without_bank(photos, model_file, real_lq_d
     for name, extra in (("bank", ["--refs", str(real_lq_dir / "lfw_references" / "Eliane_Karp")]),
                         ("nobank", [])):
         out, report_path = tmp_path / name, tmp_path / f"{name}.json"
-        assert _restore([src], out, model_file, "--report", str(report_path), "--batch-size", "3", *extra) == 0
+        assert _restore([src], out, model_file, "--report", str(report_path), "--batch-size", "3", "--strength", "1",
+                        *extra) == 0
         produced = out / "group_restored.png"
         assert produced.is_file()
         result = _read(produced)

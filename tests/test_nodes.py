@@ -32,7 +32,7 @@ INPUTS = harness.REPO_ROOT / "workflows" / "inputs"
 BLAKE = INPUTS / "blake_lively.jpg"  # 700x464: a child (left) and an adult (right), both faces found
 DETECT = dict(detector="yunet", detector_model="default", threshold=0.6, selection="all", max_faces=0,
               face_indices="0", min_face_size=0, similarity_threshold=0.4, track_faces=True, crop_size=256)
-RESTORE = dict(mode="auto", max_refs=4, strength=1.0, seed=0, batch_size=8)
+RESTORE = dict(mode="auto", max_refs=4, strength=1.0, seed=0, batch_size=8, auto_strength=False)
 PASTE = dict(color_fix="wavelet", mask_shape="landmarks", feather=24.0, erosion=8.0)
 BANK = dict(detector="yunet", detector_model="default", threshold=0.6, align_size=256)
 
@@ -294,6 +294,25 @@ def test_strength_zero_keeps_the_input_face(N, handle, blake):
     restored = N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "strength": 0.0})[0]
     for before, after in zip(faces.faces, restored.faces):
         np.testing.assert_allclose(after.restored, before.crop, atol=1e-6)
+
+
+def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each(N, handle, blake):
+    for node in ("OneStepRestore", "OneStepRestoreFaces"):
+        spec = N[node].INPUT_TYPES()["optional"]["auto_strength"]
+        assert spec[0] == "BOOLEAN" and spec[1]["default"] is True and "sharp" in spec[1]["tooltip"]
+    faces = detect(N, blake, crop_size=512)[0]
+    restored, out, _, report = restore_paste(N, handle, blake, faces, auto_strength=True)
+    assert all(f.info["strength"] <= 0.05 for f in restored.faces) and "strength per face" in report
+    assert (out - blake).abs().max().item() <= 2 / 255  # sharp photo: the faces come out as they went in
+    # x16 (the tiny test restorer works at 32 px: a face must be blurred at that scale)
+    small = torch.nn.functional.interpolate(blake.movedim(-1, 1), scale_factor=1 / 16, mode="area")
+    blurred = torch.nn.functional.interpolate(small, size=blake.shape[1:3], mode="bicubic").clamp(0, 1)
+    blurred = blurred.movedim(1, -1).contiguous()
+    lq_faces = detect(N, blurred, crop_size=512)[0]
+    assert lq_faces.faces
+    lq_restored, lq_out, _, _ = restore_paste(N, handle, blurred, lq_faces, auto_strength=True)
+    assert all(f.info["strength"] >= 0.9 for f in lq_restored.faces)
+    assert (lq_out - blurred).abs().max().item() > 10 / 255
 
 
 def test_all_in_one_matches_the_split_nodes(N, handle, blake, bank):

@@ -122,7 +122,7 @@ def test_references_are_encoded_once_per_bank(restorer, bank, faces, tmp_path, m
 
     monkeypatch.setattr(restorer, "encode_references", counting)
     faces = faces[:2]
-    opts = RestoreOptions(batch_size=1, max_refs=2, cache_dir=str(tmp_path / "kv"))
+    opts = RestoreOptions(batch_size=1, max_refs=2, cache_dir=str(tmp_path / "kv"), strength=1.0)
     pipe = FaceRestorePipeline(restorer)
     with_refs = pipe.restore_faces(faces, bank, opts)
     assert len(calls) == 1  # one encode for all batches
@@ -131,7 +131,7 @@ def test_references_are_encoded_once_per_bank(restorer, bank, faces, tmp_path, m
     again = FaceRestorePipeline(restorer).restore_faces(faces, bank, opts)
     assert len(calls) == 1  # a new pipeline reads the disk cache
     assert np.array_equal(_stack(with_refs), _stack(again))
-    no_refs = pipe.restore_faces(faces, bank, RestoreOptions(mode="visual_prompt"))
+    no_refs = pipe.restore_faces(faces, bank, RestoreOptions(mode="visual_prompt", strength=1.0))
     assert len(calls) == 1  # modes without references do not encode them
     assert not np.allclose(_stack(with_refs), _stack(no_refs), atol=1e-3)
 
@@ -143,7 +143,7 @@ def test_reference_mode_without_bank_is_a_clear_error(pipeline, faces):
 
 def test_restore_image_changes_faces_only(pipeline, group_photo, yunet):
     expected = len(yunet.detect(group_photo))
-    out, mask, report = pipeline.restore_image(group_photo, options=RestoreOptions(batch_size=2))
+    out, mask, report = pipeline.restore_image(group_photo, options=RestoreOptions(batch_size=2, strength=1.0))
     assert out.shape == group_photo.shape and out.dtype == group_photo.dtype
     assert report["faces_found"] == expected == report["faces_restored"]
     assert [f["index"] for f in report["faces"]] == list(range(expected))

@@ -39,6 +39,9 @@ __all__ = [
 # Score scales differ per backend: YuNet scores a stair-post knob in a GFPGAN demo photo 0.69,
 # while SCRFD-500M scores real but small faces about 0.65 (insightface's own default is 0.5).
 DEFAULT_THRESHOLDS = {"yunet": 0.7, "scrfd": 0.5, "facexlib": 0.6}
+# Second-pass threshold when the first pass finds no face (detect/retry.py); only where measured
+# (benchmarks/results/detection_rate.md): YuNet on held-out photos degraded x8 / x16.
+RETRY_THRESHOLDS = {"yunet": 0.5}
 
 
 def create_detector(
@@ -47,14 +50,24 @@ def create_detector(
     score_threshold: Optional[float] = None,
     nms: float = 0.3,
     max_side: int = 1600,
+    retry: bool = True,
 ) -> FaceDetector:
     """Build a detector by backend name; model_path overrides the backend's default weights.
 
-    score_threshold None takes the backend's default (DEFAULT_THRESHOLDS).
+    score_threshold None takes the backend's default (DEFAULT_THRESHOLDS). retry: where the
+    backend has a RETRY_THRESHOLDS entry, images in which nothing is found get a second pass
+    (min(score_threshold, that threshold), also on a half-size copy; see detect/retry.py).
     """
     key = name.strip().lower()
     if score_threshold is None:
         score_threshold = DEFAULT_THRESHOLDS.get(key, 0.6)
+    if retry and key in RETRY_THRESHOLDS:
+        from .retry import RetryConfig, RetryDetector
+
+        primary = create_detector(key, model_path, score_threshold, nms, max_side, retry=False)
+        low = min(float(score_threshold), RETRY_THRESHOLDS[key])
+        permissive = create_detector(key, model_path, low, nms, max_side, retry=False)
+        return RetryDetector(primary, permissive, RetryConfig(threshold=low))
     config = DetectorConfig(score_threshold=score_threshold, nms_threshold=nms, max_side=max_side)
     path = Path(model_path) if model_path not in (None, "") else None
     if key == "yunet":
