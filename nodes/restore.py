@@ -14,22 +14,34 @@ from .similarity import similarity_fn
 from .types import FACE_RESTORER, FACES, REF_BANK, FaceRestorerHandle, FaceSet
 
 CATEGORY = "face restore/one-step"
+BANK_TOOLTIP = {"tooltip": "Optional: photos of the person (Reference Bank). Connected, the restorer "
+                           "borrows their detail and keeps the identity; leave it empty for faces of "
+                           "unknown people."}
 
 
 def restore_inputs() -> dict:
     return {
         "mode": (list(ops.MODES), {"default": "auto",
-                 "tooltip": "auto: references when a bank is connected, plus the visual prompt when the "
-                            "model has one. references / visual_prompt / both / none force a conditioning."}),
+                 "tooltip": "What steers the restorer. auto (default): the reference bank when one "
+                            "is connected, plus the visual prompt when the model has one. references: "
+                            "only the bank (needs one). visual_prompt: only the prompt embedded from the "
+                            "face itself (no bank). both: bank and prompt. none: neither (a plain "
+                            "restorer)."}),
         "max_refs": ("INT", {"default": 4, "min": 1, "max": 16,
-                     "tooltip": "Reference faces used from the bank (the largest ones)."}),
+                     "tooltip": "How many reference faces of the bank steer each face (the largest "
+                            "ones; default 4). More references keep the identity better but cost "
+                            "time and memory on big models."}),
         "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                     "tooltip": "0 keeps the input face, 1 uses the restored face."}),
+                     "tooltip": "Blend of input and restored face (default 1.0: the restored face; 0 "
+                            "keeps the input). Lower it (0.5-0.8) when the result looks too smooth or "
+                            "less like the person."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                 "tooltip": "Noise seed for restorers that sample noise (set the control to fixed for "
-                            "repeatable results)."}),
+                 "tooltip": "Noise seed for restorers that add noise (InstantRestore-style); the "
+                            "default model adds none, so the seed does not change its faces. Keep the "
+                            "control on fixed for repeatable results."}),
         "batch_size": ("INT", {"default": 8, "min": 1, "max": 64,
-                       "tooltip": "Faces restored per forward pass (lower it on out-of-memory errors)."}),
+                       "tooltip": "Faces restored per network pass (default 8). Lower it on "
+                              "out-of-memory errors; raise it on a big GPU for long clips."}),
     }
 
 
@@ -49,14 +61,22 @@ class OneStepRestore:
     FUNCTION = "restore"
     RETURN_TYPES = (FACES, "IMAGE", "STRING")
     RETURN_NAMES = ("faces", "restored_crops", "report")
-    DESCRIPTION = ("Restore the faces from Detect Faces. With a reference bank the restorer borrows detail "
-                   "from the person's reference photos (its keys/values are computed once and cached).")
+    DESCRIPTION = ("Restore the faces from Detect Faces in one network pass each. With a reference bank "
+                   "the restorer borrows detail from the person's reference photos (their keys/values are "
+                   "computed once and cached on disk); without one it uses the visual prompt embedded "
+                   "from the face itself.")
+    OUTPUT_TOOLTIPS = (
+        "The faces with their restored crops, for Paste Faces Back and Face Similarity.",
+        "The restored face crops as an IMAGE batch, to preview.",
+        "Text: faces restored, the model and conditioning used, and the reference cache status.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        required = {"restorer": (FACE_RESTORER,), "faces": (FACES,)}
+        required = {"restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."}),
+                    "faces": (FACES, {"tooltip": "Aligned faces from Detect Faces."})}
         required.update(restore_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK,)}}
+        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP)}}
 
     def restore(self, restorer: FaceRestorerHandle, faces: FaceSet, mode: str, max_refs: int,
                 strength: float, seed: int, batch_size: int, reference_bank: Optional[Any] = None):
@@ -72,17 +92,25 @@ class RestoreFaces:
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("image", "mask", "report")
-    DESCRIPTION = ("Restore every selected face of an image batch and paste it back. Images without a "
-                   "face pass through unchanged.")
+    DESCRIPTION = ("Detect, restore and paste back in one node: the same steps and results as Detect "
+                   "Faces -> One-Step Restore -> Paste Faces Back. Images without a face pass through "
+                   "unchanged. Use the split nodes to preview crops or score identity in between.")
+    OUTPUT_TOOLTIPS = (
+        "The images with the restored faces blended in (same size and batch as the input).",
+        "A MASK per image: how much of the restored face went into each pixel (0..1).",
+        "Text: faces found and skipped, restoration and paste-back details.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        required = {"image": ("IMAGE",), "restorer": (FACE_RESTORER,)}
+        required = {"image": ("IMAGE", {"tooltip": "The image, or a batch of images / video frames in "
+                                                   "order."}),
+                    "restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."})}
         required.update(restore_inputs())
         required.update(detector_inputs())
         required.update(selection_inputs())
         required.update(paste_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK,)}}
+        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP)}}
 
     def run(self, image, restorer: FaceRestorerHandle, mode: str, max_refs: int, strength: float, seed: int,
             batch_size: int, detector: str, detector_model: str, threshold: float, selection: str,

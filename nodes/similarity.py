@@ -68,12 +68,20 @@ class FaceSimilarity:
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("similarity", "report")
     OUTPUT_IS_LIST = (True, False)
-    DESCRIPTION = ("Identity similarity of each face to the reference bank: of the restored face when "
-                   "there is one (with the input face's score beside it in the report), else of the input.")
+    DESCRIPTION = ("Identity similarity of each face to the reference bank (cosine, -1..1): of the "
+                   "restored face when there is one (with the input face's score beside it in the report), "
+                   "else of the input. Use it to check that restoration kept the person.")
+    OUTPUT_TOOLTIPS = (
+        "One similarity per face (a list of FLOATs, in face order).",
+        "Text: each face's similarity before and after restoration, and the change.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"faces": (FACES,), "reference_bank": (REF_BANK,)}}
+        return {"required": {
+            "faces": (FACES, {"tooltip": "Faces from Detect Faces or One-Step Restore (restored faces are "
+                                         "scored after restoration)."}),
+            "reference_bank": (REF_BANK, {"tooltip": "Photos of the person to compare with."})}}
 
     def score(self, faces: FaceSet, reference_bank: Any):
         identity = get_identity()

@@ -127,6 +127,30 @@ def test_pack_registers_well_formed_nodes(pack):
         assert os.path.join(folder_paths.models_dir, folder) in folder_paths.get_folder_paths(folder)
 
 
+def test_every_node_explains_itself_and_every_socket_and_widget(pack):
+    """DESCRIPTION, a tooltip on every input (in its options, as ComfyUI reads it) and one per
+    output (OUTPUT_TOOLTIPS, in RETURN_TYPES order): what the frontend shows on hover."""
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40, key
+        spec = cls.INPUT_TYPES()
+        for category in ("required", "optional"):
+            for name, entry in spec.get(category, {}).items():
+                opts = entry[1] if len(entry) > 1 else {}
+                tip = opts.get("tooltip", "")
+                assert isinstance(tip, str) and len(tip.strip()) > 15, f"{key}.{name} has no tooltip"
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", ())
+        assert len(tips) == len(cls.RETURN_TYPES), f"{key}: one OUTPUT_TOOLTIPS entry per output"
+        assert all(isinstance(t, str) and len(t.strip()) > 15 for t in tips), key
+        widgets = [n for c in ("required", "optional") for n, e in spec.get(c, {}).items()
+                   if isinstance(e[0], list) or e[0] in ("INT", "FLOAT", "BOOLEAN")]
+        for name in widgets:  # a widget's tooltip names its default, so users know what they change
+            entry = {**spec.get("required", {}), **spec.get("optional", {})}[name]
+            default = entry[1].get("default")
+            if default is not None and not isinstance(default, bool):
+                shown = f"{default}" if not isinstance(default, float) else f"{default:g}"
+                assert "default" in entry[1]["tooltip"] or shown in entry[1]["tooltip"], f"{key}.{name}"
+
+
 def test_model_list_shows_files_and_hides_osdface_parts(pack, restorer_files):
     folder = Path(folder_paths.models_dir) / "face_restore_onestep" / "osdface"
     folder.mkdir(exist_ok=True)
