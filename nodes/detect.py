@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from . import comfy_bridge as cb
 from . import ops
-from .similarity import similarity_fn
+from .identity_check import SELECTIONS, make_selection
 from .types import FACES, REF_BANK
 
 CATEGORY = "face restore/one-step"
@@ -34,11 +34,13 @@ def detector_inputs() -> dict:
 
 def selection_inputs() -> dict:
     return {
-        "selection": (list(ops.SELECTIONS), {"default": "all",
+        "selection": (list(SELECTIONS), {"default": "all",
                       "tooltip": "Which faces to restore. all (default); largest: the max_faces biggest; "
                                  "index: the faces listed in face_indices (numbered left to right from "
                                  "0, see the report); similar: faces whose identity similarity to the "
-                                 "connected reference bank is at least similarity_threshold."}),
+                                 "connected reference bank is at least similarity_threshold; "
+                                 "same_person: only the faces the identity network takes for the bank's "
+                                 "person (its own threshold), so other people are left untouched."}),
         "max_faces": ("INT", {"default": 0, "min": 0, "max": 256,
                       "tooltip": "For largest and similar: keep at most this many faces (default 0: no "
                                  "limit; largest then keeps 1). Ignored by all and index."}),
@@ -92,14 +94,15 @@ class DetectFaces:
                                             "size; larger crops keep the input's fine detail for paste-back. "
                                             "Lower it (256) to save memory on big batches."})
         return {"required": required, "optional": {"reference_bank": (REF_BANK, {
-            "tooltip": "Optional: photos of the person, needed only by selection similar."})}}
+            "tooltip": "Optional: photos of the person, needed only by selections similar and "
+                       "same_person."})}}
 
     def detect(self, image, detector: str, detector_model: str, threshold: float, selection: str,
                max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
                track_faces: bool, crop_size: int, reference_bank: Optional[Any] = None):
         det = ops.get_detector(detector, detector_model, threshold)
-        sel = ops.make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold)
-        sim = similarity_fn(reference_bank) if selection == "similar" else None
+        sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
+                                  reference_bank)
         faces = ops.detect(image, det, sel, int(crop_size), bool(track_faces), sim)
         lines = ops.describe_faces(faces)
         if not faces.faces:

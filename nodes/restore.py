@@ -10,7 +10,7 @@ from . import comfy_bridge as cb
 from . import ops
 from .detect import detector_inputs, selection_inputs
 from .paste import paste_inputs
-from .similarity import similarity_fn
+from .identity_check import check_identity, make_selection
 from .types import FACE_RESTORER, FACES, REF_BANK, FaceRestorerHandle, FaceSet
 
 CATEGORY = "face restore/one-step"
@@ -54,6 +54,13 @@ def make_options(mode: str, max_refs: int, strength: float, seed: int, batch_siz
     return opts
 
 
+def identity_lines(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options) -> list[str]:
+    """The identity check, where the bank steers restoration (not for a bank left unused)."""
+    if bank is None or not handle.pipeline.uses_references(bank, options):
+        return []
+    return check_identity(faces, bank)
+
+
 class OneStepRestore:
     """Restores detected faces in one network pass each, optionally guided by a reference bank."""
 
@@ -82,6 +89,7 @@ class OneStepRestore:
                 strength: float, seed: int, batch_size: int, reference_bank: Optional[Any] = None):
         options = make_options(mode, max_refs, strength, seed, batch_size)
         out, lines = ops.restore(restorer, faces, reference_bank, options)
+        lines += identity_lines(restorer, faces, reference_bank, options)
         return (out, out.crops_tensor(restored=True), "\n".join(lines))
 
 
@@ -120,12 +128,13 @@ class RestoreFaces:
         options = make_options(mode, max_refs, strength, seed, batch_size)
         paste_cfg = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
         det = ops.get_detector(detector, detector_model, threshold)
-        sel = ops.make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold)
-        sim = similarity_fn(reference_bank) if selection == "similar" else None
+        sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
+                                  reference_bank)
         crop_size = max(restorer.resolution, 512)  # as Detect Faces' default: paste-back at >= 512 px
         faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim)
         lines = ops.describe_faces(faces)
         restored, restore_lines = ops.restore(restorer, faces, reference_bank, options)
+        restore_lines += identity_lines(restorer, faces, reference_bank, options)
         out, mask, paste_lines = ops.paste(image, restored, paste_cfg)
         report = "\n".join(lines + restore_lines + paste_lines)
         return (out, mask, report)

@@ -6,6 +6,7 @@ its weights file, only the features that need it ('similar' selection, this node
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -41,23 +42,58 @@ def try_identity() -> Optional[Any]:
         return None
 
 
-def bank_embedding(identity: Any, bank: Any) -> np.ndarray:
-    """The bank's identity (unit-length mean embedding of its faces)."""
-    return mean_identity(identity, bank.crops_hwc())
+# Used when an identity network's file does not carry its verification threshold: the shipped
+# embedder's own value (metadata "threshold", balanced accuracy on held-out people).
+FALLBACK_SAME_PERSON = 0.24
 
 
-def similarity_to_bank(identity: Any, crops: Sequence[np.ndarray], bank: Any) -> list[float]:
-    """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity."""
-    return similarities(identity, crops, bank_embedding(identity, bank)) if len(crops) else []
+@dataclass(frozen=True)
+class IdentityScorer:
+    """An identity network with its same-person threshold: the one thing the nodes ask
+    "is this face the bank's person?". Built only by get_scorer, so a stronger network can
+    replace this one in one place."""
+
+    embedder: Any
+    threshold: float
+    name: str
+
+    def bank_identity(self, bank: Any) -> np.ndarray:
+        """The bank's identity (unit-length mean embedding of its faces)."""
+        return mean_identity(self.embedder, bank.crops_hwc())
+
+    def scores(self, crops: Sequence[np.ndarray], bank: Any) -> list[float]:
+        """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity."""
+        return similarities(self.embedder, crops, self.bank_identity(bank)) if len(crops) else []
+
+    def same_person(self, score: float) -> bool:
+        return float(score) >= self.threshold
 
 
-def similarity_fn(bank: Any):
+def get_scorer(alternative: str = "remove the Face Similarity node") -> IdentityScorer:
+    """The identity scorer every node uses (ModelNotFoundError naming the way out if absent)."""
+    embedder = get_identity(alternative)
+    meta = getattr(embedder, "metadata", {}) or {}
+    try:
+        threshold = float(meta.get("threshold", ""))
+    except ValueError:
+        threshold = FALLBACK_SAME_PERSON
+    return IdentityScorer(embedder, threshold, DEFAULT_EMBEDDER_PATH.stem)
+
+
+def try_scorer() -> Optional[IdentityScorer]:
+    try:
+        return get_scorer()
+    except ModelNotFoundError:
+        return None
+
+
+def similarity_fn(bank: Any, scorer: Optional[IdentityScorer] = None):
     """For restorer_core.locate: faces -> similarity of each crop to the bank."""
     if bank is None:
-        raise ValueError("selection 'similar' keeps the faces that look like the reference person: "
-                         "connect a REF_BANK to Detect Faces, or choose another selection.")
-    identity = get_identity("choose a selection other than 'similar'")
-    return lambda faces: similarity_to_bank(identity, [f.crop for f in faces], bank)
+        raise ValueError("selections 'similar' and 'same_person' keep the faces that look like the reference "
+                         "person: connect a REF_BANK, or choose another selection.")
+    scorer = scorer or get_scorer("choose a selection other than 'similar' or 'same_person'")
+    return lambda faces: scorer.scores([f.crop for f in faces], bank)
 
 
 class FaceSimilarity:
@@ -84,10 +120,10 @@ class FaceSimilarity:
             "reference_bank": (REF_BANK, {"tooltip": "Photos of the person to compare with."})}}
 
     def score(self, faces: FaceSet, reference_bank: Any):
-        identity = get_identity()
-        before = similarity_to_bank(identity, [f.crop for f in faces.faces], reference_bank)
+        scorer = get_scorer()
+        before = scorer.scores([f.crop for f in faces.faces], reference_bank)
         restored = [f.restored for f in faces.faces if f.restored is not None]
-        after = similarity_to_bank(identity, restored, reference_bank) if len(restored) == len(faces.faces) else None
+        after = scorer.scores(restored, reference_bank) if len(restored) == len(faces.faces) else None
         scores = after if after is not None else before
         lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s):"]
         for k, f in enumerate(faces.faces):

@@ -436,6 +436,40 @@ def test_face_similarity_and_similar_selection(N, blake, bank, identity_file):
     assert [f.face_index for f in kept.faces] == [1]
 
 
+def test_identity_check_names_faces_unlike_the_bank(N, handle, blake, bank, caplog):
+    """With the shipped identity network: restoring both faces against a bank of the adult says,
+    in the report and as a console warning, that the child (face #0) is below the same-person
+    threshold; the adult (#1) is not named. Without a bank there is no check."""
+    import logging
+
+    faces = detect(N, blake)[0]
+    with caplog.at_level(logging.WARNING, logger="onestep_face_restore"):
+        report = N["OneStepRestore"].restore(handle, faces, **RESTORE, reference_bank=bank)[2]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "image 0 face #0" in warned[0] and "same-person threshold" in warned[0]
+    assert "WARNING image 0 face #0" in report and "face #1: similarity" not in report
+    assert "identity check" in report and "image 0 face #1" in report  # every face's score is listed
+    plain = N["OneStepRestore"].restore(handle, faces, **RESTORE)[2]
+    assert "identity check" not in plain
+    unused = N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "mode": "visual_prompt"},
+                                         reference_bank=bank)[2]
+    assert "identity check" not in unused  # a bank that does not steer the restorer is not checked
+
+
+def test_same_person_selection_restores_only_the_bank_person(N, handle, blake, bank):
+    faces, _, _, report = detect(N, blake, selection="same_person", reference_bank=bank)
+    assert [f.face_index for f in faces.faces] == [1]
+    keys = ("detector", "detector_model", "threshold", "max_faces", "face_indices", "min_face_size",
+            "similarity_threshold")
+    out, mask, text = N["OneStepRestoreFaces"].run(blake, handle, **RESTORE, **{k: DETECT[k] for k in keys},
+                                                   selection="same_person", **PASTE, reference_bank=bank)
+    assert float(mask[0, :, :300].max()) == 0.0 and float(mask[0, :, 400:].max()) > 0.5  # child untouched
+    assert torch.equal(out[0, :, :300], blake[0, :, :300])
+    assert "restored 1 face(s)" in text and "WARNING" not in text
+    with pytest.raises(ValueError, match="REF_BANK"):
+        detect(N, blake, selection="same_person")
+
+
 def test_missing_identity_embedder_names_file_folder_and_way_out(pack, N, blake, bank, tmp_path, monkeypatch):
     sim = sys.modules[f"{pack.__name__}.nodes.similarity"]
     missing = tmp_path / "models" / "identity_embedder.safetensors"
