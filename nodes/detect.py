@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from . import comfy_bridge as cb
 from . import ops
+from ..restorer_core.temporal import SmoothingConfig
 from .identity_check import SELECTIONS, make_selection
 from .types import FACES, REF_BANK
 
@@ -60,6 +61,14 @@ def selection_inputs() -> dict:
     }
 
 
+def smoothing_input() -> tuple:
+    return ("BOOLEAN", {"default": False,
+                        "tooltip": "For video frames (the batch is a clip, in order): align each face at "
+                                   "its landmarks smoothed over the frames, so the restored face does not "
+                                   "jitter. Follows real motion, starts afresh on a cut or a new face. "
+                                   "Default off (for unrelated images)."})
+
+
 class DetectFaces:
     """Finds, numbers and aligns the faces of an image batch (video frames keep face numbers)."""
 
@@ -93,17 +102,20 @@ class DetectFaces:
                                  "tooltip": "Size the faces are cut at (default 512). The restorer works at its own "
                                             "size; larger crops keep the input's fine detail for paste-back. "
                                             "Lower it (256) to save memory on big batches."})
-        return {"required": required, "optional": {"reference_bank": (REF_BANK, {
-            "tooltip": "Optional: photos of the person, needed only by selections similar and "
-                       "same_person."})}}
+        return {"required": required, "optional": {
+            "reference_bank": (REF_BANK, {"tooltip": "Optional: photos of the person, needed only by "
+                                                     "selections similar and same_person."}),
+            "smooth_landmarks": smoothing_input()}}
 
     def detect(self, image, detector: str, detector_model: str, threshold: float, selection: str,
                max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
-               track_faces: bool, crop_size: int, reference_bank: Optional[Any] = None):
+               track_faces: bool, crop_size: int, reference_bank: Optional[Any] = None,
+               smooth_landmarks: bool = False):
         det = ops.get_detector(detector, detector_model, threshold)
         sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
                                   reference_bank)
-        faces = ops.detect(image, det, sel, int(crop_size), bool(track_faces), sim)
+        faces = ops.detect(image, det, sel, int(crop_size), bool(track_faces), sim,
+                           smoothing=SmoothingConfig() if smooth_landmarks else None)
         lines = ops.describe_faces(faces)
         if not faces.faces:
             ops.log("no faces found: the images pass through unchanged.")

@@ -104,11 +104,13 @@ def make_selection(selection: str, max_faces: int, face_indices: str, min_face_s
 
 
 def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_size: int,
-           track: bool = True, similarity_fn: Any = None) -> FaceSet:
+           track: bool = True, similarity_fn: Any = None, smoothing: Any = None) -> FaceSet:
     """Faces of every image of the batch, aligned at crop_size from the full-precision pixels.
 
     With track, a face keeps its index from frame to frame (restorer_core.locate tracking),
-    so "face 0" is the same person throughout a clip.
+    so "face 0" is the same person throughout a clip. smoothing: a
+    restorer_core.temporal.SmoothingConfig to align each tracked face at its landmarks smoothed
+    over the frames (the batch is a clip, in order).
     """
     from ..restorer_core.align import align_face
 
@@ -116,6 +118,10 @@ def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_si
     cb.check_interrupt()
     found = locate_faces_batch([rgb8(f) for f in frames], detector, crop_size, selection, track,
                                similarity_fn=similarity_fn)
+    if smoothing is not None:
+        from ..restorer_core.temporal import smooth_frames
+
+        found = smooth_frames(found, smoothing, use_face_index=track)
     faces: list[AlignedFace] = []
     for frame, per_frame in zip(frames, found):
         for f in per_frame:  # re-cut from float pixels: the detector saw an 8-bit copy

@@ -8,7 +8,8 @@ from ..restorer_core.paste import PasteConfig
 from ..restorer_core.pipeline import RestoreOptions
 from . import comfy_bridge as cb
 from . import ops
-from .detect import detector_inputs, selection_inputs
+from ..restorer_core.temporal import SmoothingConfig
+from .detect import detector_inputs, selection_inputs, smoothing_input
 from .paste import paste_inputs
 from .identity_check import check_identity, make_selection
 from .types import FACE_RESTORER, FACES, REF_BANK, FaceRestorerHandle, FaceSet
@@ -118,20 +119,22 @@ class RestoreFaces:
         required.update(detector_inputs())
         required.update(selection_inputs())
         required.update(paste_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP)}}
+        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
+                                                   "smooth_landmarks": smoothing_input()}}
 
     def run(self, image, restorer: FaceRestorerHandle, mode: str, max_refs: int, strength: float, seed: int,
             batch_size: int, detector: str, detector_model: str, threshold: float, selection: str,
             max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
             color_fix: str, mask_shape: str, feather: float, erosion: float,
-            reference_bank: Optional[Any] = None):
+            reference_bank: Optional[Any] = None, smooth_landmarks: bool = False):
         options = make_options(mode, max_refs, strength, seed, batch_size)
         paste_cfg = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
         det = ops.get_detector(detector, detector_model, threshold)
         sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
                                   reference_bank)
         crop_size = max(restorer.resolution, 512)  # as Detect Faces' default: paste-back at >= 512 px
-        faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim)
+        faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim,
+                           smoothing=SmoothingConfig() if smooth_landmarks else None)
         lines = ops.describe_faces(faces)
         restored, restore_lines = ops.restore(restorer, faces, reference_bank, options)
         restore_lines += identity_lines(restorer, faces, reference_bank, options)
