@@ -334,6 +334,13 @@ def _restore_command(args: argparse.Namespace, ctx: Any) -> int:
         raise UsageError(f"--out {out_dir} is a file; give a folder")
     selection = parse_faces(args.faces)
     inputs = collect_inputs(args.inputs)
+    if args.video:
+        from .temporal import frame_order
+
+        inputs = frame_order(inputs)
+        if ctx.enabled:
+            raise UsageError("--video smooths faces over consecutive frames: run it in one process, not "
+                             "under torchrun (each process would see only some of the frames)")
     if args.mode in ("references", "both") and not args.refs:
         raise UsageError(f"--mode {args.mode} needs reference photos: add --refs FOLDER or BANK.safetensors")
     try:
@@ -344,6 +351,10 @@ def _restore_command(args: argparse.Namespace, ctx: Any) -> int:
                                  crop_size=args.crop_size, detail_transfer=getattr(args, "detail_transfer", True),
                                  cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache)
+        if args.video:
+            from .temporal import LandmarkSmoother
+
+            options.temporal = LandmarkSmoother()
         device, dtype = pick_device_dtype(distributed.rank_device(args.device, ctx), args.dtype)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -552,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", default=None, help="reference K/V cache folder (default: next to the bank)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write the reference K/V cache")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--video", action="store_true",
+                   help="the inputs are the frames of one video (a folder of frames; numbers in names in "
+                        "numeric order): each face's landmarks are smoothed over the frames so restored "
+                        "faces do not jitter")
     _add_detector_args(r)
     r.set_defaults(func=cmd_restore)
 

@@ -188,6 +188,23 @@ class LandmarkSmoother:
         return out
 
 
+def frame_order(paths: Sequence) -> list:
+    """Frame files in playing order: by folder as given, then by name with the numbers in it
+    compared as numbers (frame_2 before frame_10)."""
+    import re
+    from pathlib import Path
+
+    folders: dict = {}
+    for p in paths:
+        folders.setdefault(str(Path(p).parent), len(folders))
+
+    def key(p):
+        parts = re.split(r"(\d+)", Path(p).name)
+        return (folders[str(Path(p).parent)], [int(t) if t.isdigit() else t.lower() for t in parts])
+
+    return sorted(paths, key=key)
+
+
 def smooth_frames(frames_faces: Sequence[Sequence[AlignedFace]], config: Optional[SmoothingConfig] = None,
                   use_face_index: bool = True) -> list[list[AlignedFace]]:
     """Faces of consecutive frames with smoothed detections (not re-cut: callers align them).

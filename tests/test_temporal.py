@@ -3,6 +3,8 @@ real motion, starts afresh on a cut or a new face, keeps faces apart, and reache
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,44 @@ def test_pipeline_aligns_frames_at_smoothed_landmarks():
     wobble = {s: np.abs(np.diff(m[6:], axis=0)).mean() for s, m in seen.items()}
     assert wobble[True] < 0.5 * wobble[False]
     np.testing.assert_allclose(seen[True][0], seen[False][0], atol=1e-5)  # the first frame is raw
+
+
+def test_frame_order_is_numeric_within_each_folder(tmp_path):
+    from restorer_core.temporal import frame_order
+
+    a, b = tmp_path / "shot_b", tmp_path / "shot_a"
+    names = [b / "f10.png", b / "f2.png", b / "f1.png", a / "x_3.png", a / "x_20.png"]
+    assert frame_order(names) == [b / "f1.png", b / "f2.png", b / "f10.png", a / "x_3.png", a / "x_20.png"]
+
+
+def test_cli_video_restores_frames_in_order_with_smoothing(tmp_path, model_file, monkeypatch):
+    """--video: frames come in numeric order and the pipeline gets a smoother; one report line per
+    frame, every frame written."""
+    import cv2
+
+    from restorer_core import cli
+    from restorer_core.pipeline import FaceRestorePipeline
+
+    photo = cv2.imread(str(Path(__file__).resolve().parents[1] / "workflows" / "inputs" / "blake_lively.jpg"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in (1, 2, 10):
+        shifted = np.roll(photo[:, 350:], k, axis=1)
+        cv2.imwrite(str(frames / f"frame_{k}.png"), shifted)
+    seen = []
+    original = FaceRestorePipeline.restore_images
+
+    def spy(self, images, bank=None, options=None, *a, **k):
+        seen.append((options.temporal is not None, list(k.get("names") or a[2])))
+        return original(self, images, bank, options, *a, **k)
+
+    monkeypatch.setattr(FaceRestorePipeline, "restore_images", spy)
+    out = tmp_path / "out"
+    code = cli.main(["restore", str(frames), "--out", str(out), "--model", str(model_file), "--quiet",
+                     "--video", "--crop-size", "128"])
+    assert code == 0
+    assert seen and all(flag for flag, _ in seen)
+    order = [Path(n).name for _, names in seen for n in names]
+    assert order == ["frame_1.png", "frame_2.png", "frame_10.png"]
+    assert sorted(p.name for p in out.glob("*_restored.png")) == sorted(
+        f"frame_{k}_restored.png" for k in (1, 2, 10))
