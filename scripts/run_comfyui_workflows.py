@@ -16,7 +16,7 @@ local test harness, not a remote client. Standard library only, so any Python 3.
 
 Example (small txt2img for a CPU run with a stand-in checkpoint)::
 
-    python scripts/run_comfyui_workflows.py 01 \
+    python scripts/run_comfyui_workflows.py 04 \
         --set CheckpointLoaderSimple.ckpt_name=random_sd15.safetensors \
         --set EmptyLatentImage.width=256 --set EmptyLatentImage.height=256 --set KSampler.steps=2
 """
