@@ -151,6 +151,23 @@ def test_every_node_explains_itself_and_every_socket_and_widget(pack):
                 assert "default" in entry[1]["tooltip"] or shown in entry[1]["tooltip"], f"{key}.{name}"
 
 
+def test_node_help_pages_are_served_and_up_to_date(pack):
+    """The frontend's node help panel reads WEB_DIRECTORY/docs/<node id>.md; the pages are made
+    from the declarations by docs/make_node_help.py and must match them."""
+    import importlib.util
+
+    assert pack.WEB_DIRECTORY == "./web"
+    spec = importlib.util.spec_from_file_location("make_node_help", harness.REPO_ROOT / "docs" / "make_node_help.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    docs = harness.REPO_ROOT / "web" / "docs"
+    expected = maker.pages()
+    assert sorted(expected) == sorted(f"{k}.md" for k in pack.NODE_CLASS_MAPPINGS)
+    for name, text in expected.items():
+        assert (docs / name).read_text(encoding="utf-8") == text, f"run python docs/make_node_help.py ({name})"
+    assert "**smooth_landmarks**" in expected["OneStepDetectFaces.md"]
+
+
 def test_model_list_shows_files_and_hides_osdface_parts(pack, restorer_files):
     folder = Path(folder_paths.models_dir) / "face_restore_onestep" / "osdface"
     folder.mkdir(exist_ok=True)
