@@ -125,12 +125,13 @@ class FaceSimilarity:
         restored = [f.restored for f in faces.faces if f.restored is not None]
         after = scorer.scores(restored, reference_bank) if len(restored) == len(faces.faces) else None
         scores = after if after is not None else before
-        lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s):"]
+        lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s); "
+                 f"the same person from {scorer.threshold:.2f}:"]
         for k, f in enumerate(faces.faces):
             line = f"image {f.image_index} face #{f.face_index}: input {before[k]:.3f}"
             if after is not None:
                 line += f" -> restored {after[k]:.3f} ({after[k] - before[k]:+.3f})"
-            lines.append(line)
+            lines.append(line + ("" if scorer.same_person(scores[k]) else "  <- not the bank's person"))
         if not faces.faces:
             lines.append("no faces.")
         report = "\n".join(lines)

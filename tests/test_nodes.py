@@ -502,6 +502,8 @@ def test_identity_check_names_faces_unlike_the_bank(N, handle, blake, bank, capl
     unused = N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "mode": "visual_prompt"},
                                          reference_bank=bank)[2]
     assert "identity check" not in unused  # a bank that does not steer the restorer is not checked
+    marks = [line.endswith("not the bank's person") for line in N["OneStepFaceSimilarity"].score(faces, bank)[1].splitlines()[1:]]
+    assert marks == [True, False]  # Face Similarity marks the same face
 
 
 def test_same_person_selection_restores_only_the_bank_person(N, handle, blake, bank):
