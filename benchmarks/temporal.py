@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 from restorer_core.atomic import write_text_atomic  # noqa: E402
 from restorer_core.temporal import LandmarkSmoother, SmoothingConfig, face_scale  # noqa: E402
 
-DEFAULT_PHOTO = REPO / "workflows" / "inputs" / "blake_lively.jpg"
+DEFAULT_PHOTO = REPO / "example_workflows" / "inputs" / "blake_lively.jpg"
 DEFAULT_BOX = (350, 0, 700, 464)  # its right half: one adult face
 CHUNK = 8
 

@@ -6,8 +6,8 @@
 What is drawn: a dark grid canvas; each node at its saved position and size (grown when its
 contents need more room) with a title bar; input sockets on the left and outputs on the right,
 each with its name and type; widget values one per row (with their names where
-workflows/build_workflows.py lists them); links as bezier curves between sockets, coloured by
-type like ComfyUI's dark theme. Load Image nodes show their file from workflows/inputs/ when it
+example_workflows/build_workflows.py lists them); links as bezier curves between sockets, coloured by
+type like ComfyUI's dark theme. Load Image nodes show their file from example_workflows/inputs/ when it
 is there. Output previews stay empty: this is the graph as opened, not a run.
 Everything is drawn at 2x and scaled down, which gives anti-aliased curves and text.
 """
@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from restorer_core.atomic import atomic_path  # noqa: E402
-WORKFLOW_FILES = "workflows/[0-9][0-9]_*.json"  # each to docs/images/workflow_<its number>.png
+WORKFLOW_FILES = "example_workflows/[0-9][0-9]_*.json"  # each to docs/images/workflow_<its number>.png
 
 # Link/socket colours: ComfyUI's dark palette for core types, distinct picks for this pack's.
 TYPE_COLORS = {
@@ -123,12 +123,12 @@ def literal_assignment(path: Path, name: str) -> Any:
 
 
 def widget_names() -> dict:
-    return literal_assignment(REPO / "workflows" / "build_workflows.py", "WIDGETS") or {}
+    return literal_assignment(REPO / "example_workflows" / "build_workflows.py", "WIDGETS") or {}
 
 
 def display_names() -> dict:
-    """Core node titles (as workflows/build_workflows.py lists them), then this pack's."""
-    core = literal_assignment(REPO / "workflows" / "build_workflows.py", "CORE_DISPLAY_NAMES") or {}
+    """Core node titles (as example_workflows/build_workflows.py lists them), then this pack's."""
+    core = literal_assignment(REPO / "example_workflows" / "build_workflows.py", "CORE_DISPLAY_NAMES") or {}
     pack = literal_assignment(REPO / "nodes" / "__init__.py", "NODE_DISPLAY_NAME_MAPPINGS") or {}
     return {**core, **pack}
 
@@ -482,7 +482,7 @@ def draw_group(pt: Painter, group: dict) -> None:
     pt.text(x + 10, y + 17, str(group.get("title", "")), fnt, "#FFFFFF")
 
 
-def render(workflow: dict, theme: Theme = Theme(), inputs_dir: Path = REPO / "workflows" / "inputs") -> Image.Image:
+def render(workflow: dict, theme: Theme = Theme(), inputs_dir: Path = REPO / "example_workflows" / "inputs") -> Image.Image:
     """The workflow drawn as a PIL image (1 pixel per workflow unit)."""
     names, titles = widget_names(), display_names()
     boxes = {b.id: b for b in (layout_node(n, names, titles, theme, inputs_dir) for n in workflow["nodes"])}

@@ -28,7 +28,7 @@ import core_nodes  # noqa: E402
 import folder_paths  # noqa: E402
 import harness  # noqa: E402
 
-INPUTS = harness.REPO_ROOT / "workflows" / "inputs"
+INPUTS = harness.REPO_ROOT / "example_workflows" / "inputs"
 BLAKE = INPUTS / "blake_lively.jpg"  # 700x464: a child (left) and an adult (right), both faces found
 DETECT = dict(detector="yunet", detector_model="default", threshold=0.6, selection="all", max_faces=0,
               face_indices="0", min_face_size=0, similarity_threshold=0.4, track_faces=True, crop_size=256)

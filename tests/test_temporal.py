@@ -162,7 +162,7 @@ def test_cli_video_restores_frames_in_order_with_smoothing(tmp_path, model_file,
     from restorer_core import cli
     from restorer_core.pipeline import FaceRestorePipeline
 
-    photo = cv2.imread(str(Path(__file__).resolve().parents[1] / "workflows" / "inputs" / "blake_lively.jpg"))
+    photo = cv2.imread(str(Path(__file__).resolve().parents[1] / "example_workflows" / "inputs" / "blake_lively.jpg"))
     frames = tmp_path / "frames"
     frames.mkdir()
     for k in (1, 2, 10):

@@ -27,7 +27,7 @@ import folder_paths  # noqa: E402
 import harness  # noqa: E402
 from execution import Executor, PromptError, types_match  # noqa: E402
 
-WORKFLOWS = harness.REPO_ROOT / "workflows"
+WORKFLOWS = harness.REPO_ROOT / "example_workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 RUNNABLE = ["01_old_photo_visual_prompt", "02_character_consistency_batch", "03_video_frames_one_bank"]
 VIRTUAL = {"Note", "MarkdownNote"}  # frontend-only nodes: in UI files, never in API prompts
@@ -81,7 +81,7 @@ def check_value(node: dict, name: str, entry: tuple, value) -> None:
     kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
     where = f"node {node['id']} ({node['type']}).{name} = {value!r}"
     if node["type"] == "LoadImage" and name == "image":
-        assert (WORKFLOWS / "inputs" / value).is_file(), f"{where}: not shipped in workflows/inputs"
+        assert (WORKFLOWS / "inputs" / value).is_file(), f"{where}: not shipped in example_workflows/inputs"
     elif node["type"] == "CheckpointLoaderSimple" and name == "ckpt_name":
         assert Path(value).suffix in folder_paths.supported_pt_extensions, where
     elif isinstance(kind, list):
@@ -114,8 +114,8 @@ def test_workflow_files_are_what_the_builder_writes():
     finally:
         sys.path.remove(str(WORKFLOWS))
     for name, (ui, api) in build_workflows.build_all().items():
-        assert load_json(WORKFLOWS / f"{name}.json") == ui, f"{name}: run workflows/build_workflows.py"
-        assert load_json(WORKFLOWS / "api" / f"{name}.json") == api, f"{name}: run workflows/build_workflows.py"
+        assert load_json(WORKFLOWS / f"{name}.json") == ui, f"{name}: run example_workflows/build_workflows.py"
+        assert load_json(WORKFLOWS / "api" / f"{name}.json") == api, f"{name}: run example_workflows/build_workflows.py"
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -271,8 +271,19 @@ def test_whole_graph_is_readable_on_a_1920x1080_screen(path, builder):
     assert right <= screen_w and bottom <= screen_h, (right, bottom)
 
 
+def test_templates_folder_is_the_one_comfyui_serves():
+    """ComfyUI serves each existing template folder of a pack (example_workflows, example,
+    examples, workflow, workflows, in that order) under one URL; the first registered answers.
+    The workflows live in the first, and no other alias folder holds workflow files."""
+    aliases = ["example_workflows", "example", "examples", "workflow", "workflows"]
+    present = [a for a in aliases if (harness.REPO_ROOT / a).is_dir()]
+    assert present[0] == "example_workflows" and WORKFLOWS.name == "example_workflows"
+    for alias in present[1:]:
+        assert not list((harness.REPO_ROOT / alias).glob("*.json")), f"{alias}/ would list templates that never load"
+
+
 def test_templates_browser_order_and_thumbnails(builder):
-    """ComfyUI lists `workflows/*.json` of a custom node as templates, with `<name>.jpg` beside
+    """ComfyUI lists `example_workflows/*.json` of a custom node as templates, with `<name>.jpg` beside
     each as its thumbnail: every workflow has a JPEG, and names sort in the order to open them
     (first one without reference photos or a checkpoint, txt2img, which needs one, last)."""
     from PIL import Image

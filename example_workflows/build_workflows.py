@@ -1,7 +1,7 @@
 """Writes the example workflows in both ComfyUI formats from one description each.
 
-    python workflows/build_workflows.py        # rewrites workflows/*.json, workflows/api/*.json and
-                                               # the Templates thumbnails workflows/*.jpg
+    python example_workflows/build_workflows.py        # rewrites example_workflows/*.json, example_workflows/api/*.json and
+                                               # the Templates thumbnails example_workflows/*.jpg
 
 UI format (what the ComfyUI frontend saves and opens: nodes with positions and widget values,
 links as [id, from node, from slot, to node, to slot, type]) and API format (what POST /prompt
@@ -13,8 +13,11 @@ Layout: each workflow is a row of titled groups, left to right in the order the 
 follow the frontend's own minimum (LiteGraph's LGraphNode.computeSize, see frontend_min_size),
 so ComfyUI never grows a node over its neighbour. The saved view (extra.ds) shows the whole
 graph below the menu bar on a 1920x1080 screen at a zoom where node text is drawn. ComfyUI's
-Templates browser lists these files (a `workflows` folder is one of the names it scans) with
-`<name>.jpg` beside each as its thumbnail; names sort in the order a newcomer should open them.
+Templates browser lists these files with `<name>.jpg` beside each as its thumbnail; names sort in
+the order a newcomer should open them. The folder is `example_workflows`, the first name ComfyUI
+looks for: it serves every existing alias folder (example_workflows, example, examples, workflow,
+workflows) under the same URL and the first one registered answers, so beside the pack's
+`examples/` photo folder, a `workflows/` folder's templates would be listed but never load.
 """
 
 from __future__ import annotations
@@ -290,8 +293,8 @@ BANK = dict(DETECT, align_size=512)
 # blake_lively.jpg is 700x464: the child on the left half, the adult on the right half
 ADULT_HALF = {"width": 350, "height": 464, "x": 350, "y": 0}
 CHILD_HALF = {"width": 350, "height": 464, "x": 0, "y": 0}
-INPUTS_NOTE = ("Example images: copy workflows/inputs/*.jpg of the node pack into ComfyUI/input "
-               "(GFPGAN demo inputs, Apache-2.0, see workflows/inputs/SOURCE.md).")
+INPUTS_NOTE = ("Example images: copy example_workflows/inputs/*.jpg of the node pack into ComfyUI/input "
+               "(GFPGAN demo inputs, Apache-2.0, see example_workflows/inputs/SOURCE.md).")
 
 
 def workflow_old_photo() -> Workflow:
@@ -567,7 +570,7 @@ def main() -> None:
         write_text_atomic(HERE / f"{name}.json", json.dumps(ui, indent=2) + "\n")
         write_text_atomic(HERE / "api" / f"{name}.json", json.dumps(api, indent=2) + "\n")
         write_thumbnail(ui, HERE / f"{name}.jpg", TITLES[name])
-        print(f"wrote workflows/{name}.json, workflows/api/{name}.json and workflows/{name}.jpg")
+        print(f"wrote example_workflows/{name}.json, example_workflows/api/{name}.json and example_workflows/{name}.jpg")
 
 
 if __name__ == "__main__":
