@@ -114,6 +114,8 @@ TEXT_ZOOM = 0.6
 FIT_ZOOM = 0.75
 GROUP_TITLE_H = 34  # LGraphGroup: font_size 24 * 1.4
 MULTILINE_MIN_H = 60  # the frontend's textarea widget minimum
+IMAGE_PREVIEW_H = 220  # useImagePreviewWidget's minimum: Load Image once a file shows, Save / Preview Image once run
+IMAGE_PREVIEW_NODES = {"LoadImage", "SaveImage", "PreviewImage"}
 
 # The screen the layout is made for: a 1920x1080 monitor, the browser's own bars taking ~120 px;
 # ComfyUI's menu bar and tabs across the top and its sidebar icons on the left.
@@ -130,7 +132,7 @@ MIN_NODE_W = 300
 MAX_NODE_W = 380
 MULTILINE = {("CLIPTextEncode", "text"), ("Note", "text")}
 # room the frontend gives a node's content below its widgets: image previews, text areas
-CONTENT_H = {"LoadImage": 250, "SaveImage": 300, "PreviewImage": 230, "PreviewAny": 100,
+CONTENT_H = {"LoadImage": 30, "SaveImage": 80, "PreviewImage": 10, "PreviewAny": 100,
              "CLIPTextEncode": 40, "Note": 60}
 CORE_DISPLAY_NAMES = {
     "CheckpointLoaderSimple": "Load Checkpoint", "CLIPTextEncode": "CLIP Text Encode (Prompt)",
@@ -162,7 +164,9 @@ def display_names() -> dict:
 def frontend_min_size(title: str, inputs: list, outputs: list, widgets: list) -> tuple:
     """LGraphNode.computeSize: the smallest size the frontend lets a node have.
 
-    inputs / outputs: socket names (widget inputs excluded); widgets: (name, multiline) pairs.
+    inputs / outputs: socket names (widget inputs excluded); widgets: (label, height) pairs
+    (WIDGET_H for plain widgets; an empty label for widgets without an input, such as an image
+    preview, whose label adds no width).
     Width: the widest of title, input + output labels, widget labels (+ their arrows and value
     room) and 1.5 x NODE_WIDTH for nodes with widgets. Height: socket rows, then each widget's
     height + 4, + 8, + a 6 px margin."""
@@ -170,13 +174,13 @@ def frontend_min_size(title: str, inputs: list, outputs: list, widgets: list) ->
     in_w = max((text_width(n) for n in inputs), default=0.0)
     out_w = max((text_width(n) for n in outputs), default=0.0)
     slots_w = in_w + out_w + 2 * SLOT_H + (5 if in_w and out_w else 0)
-    widget_w = max((text_width(n) for n, _ in widgets), default=0.0)
+    widget_w = max((text_width(n) for n, _ in widgets if n), default=0.0)
     widget_w = widget_w + WIDGET_PADDING if widgets else 0.0
     title_w = TITLE_H + text_width(title) + TITLE_H * 0.33
     width = max(slots_w, widget_w, title_w, NODE_WIDTH * (1.5 if widgets else 1))
     height = rows * SLOT_H
     if widgets:
-        height += sum((MULTILINE_MIN_H if multi else WIDGET_H) + 4 for _, multi in widgets) + 8
+        height += sum(h + 4 for _, h in widgets) + 8
     return width, height + 6
 
 
@@ -208,7 +212,9 @@ class Node:
 
     def min_size(self, names: dict) -> tuple:
         ins, outs = SOCKETS[self.type]
-        widgets = [(w, (self.type, w) in MULTILINE) for w in WIDGETS[self.type]]
+        widgets = [(w, MULTILINE_MIN_H if (self.type, w) in MULTILINE else WIDGET_H) for w in WIDGETS[self.type]]
+        if self.type in IMAGE_PREVIEW_NODES:
+            widgets.append(("", IMAGE_PREVIEW_H))
         return frontend_min_size(self.shown_title(names), [n for n, _ in ins], [n for n, _ in outs], widgets)
 
 
@@ -301,7 +307,7 @@ def workflow_old_photo() -> Workflow:
     """Old photo, no references: the visual prompt alone, with the split nodes."""
     return Workflow([
         Group("1 · Input", [
-            Node(1, "LoadImage", {"image": "old_photo_family.jpg", "upload": "image"}, content=300),
+            Node(1, "LoadImage", {"image": "old_photo_family.jpg", "upload": "image"}, content=80),
             Node(9, "Note", {"text": "Start here. An old photo without reference photos: the restorer uses "
                                      "its visual prompt (mode visual_prompt). min_face_size 32 skips tiny false "
                                      "detections. Hover any input for help. " + INPUTS_NOTE}, content=110),
@@ -318,7 +324,7 @@ def workflow_old_photo() -> Workflow:
         ]),
         Group("4 · Paste back and save", [
             Node(5, "OneStepPasteFacesBack", PASTE, {"image": (1, 0), "faces": (4, 0)}),
-            Node(6, "SaveImage", {"filename_prefix": "onestep_old_photo"}, {"images": (5, 0)}, content=420),
+            Node(6, "SaveImage", {"filename_prefix": "onestep_old_photo"}, {"images": (5, 0)}, content=200),
         ]),
     ])
 
@@ -351,7 +357,7 @@ def workflow_character() -> Workflow:
         ]),
         Group("5 · Output", [
             Node(9, "OneStepPasteFacesBack", PASTE, {"image": (5, 0), "faces": (8, 0)}),
-            Node(10, "SaveImage", {"filename_prefix": "onestep_character"}, {"images": (9, 0)}, content=260),
+            Node(10, "SaveImage", {"filename_prefix": "onestep_character"}, {"images": (9, 0)}, content=40),
             Node(11, "OneStepFaceSimilarity", {}, {"faces": (8, 0), "reference_bank": (4, 0)}),
             Node(12, "PreviewAny", {}, {"source": (11, 1)}, title="identity before/after"),
         ]),
@@ -387,7 +393,7 @@ def workflow_video() -> Workflow:
         ]),
         Group("5 · Output", [
             Node(8, "OneStepPasteFacesBack", PASTE, {"image": (2, 0), "faces": (7, 0)}),
-            Node(9, "SaveImage", {"filename_prefix": "onestep_frames"}, {"images": (8, 0)}, content=300),
+            Node(9, "SaveImage", {"filename_prefix": "onestep_frames"}, {"images": (8, 0)}, content=80),
         ]),
     ])
 
@@ -414,7 +420,7 @@ def workflow_txt2img() -> Workflow:
         ]),
         Group("3 · Reference bank", [
             Node(7, "LoadImage", {"image": "blake_lively.jpg", "upload": "image"}, title="reference photo",
-                 content=200),
+                 content=0),
             Node(8, "ImageCrop", ADULT_HALF, {"image": (7, 0)}, title="crop to one face"),
             Node(9, "OneStepReferenceBankFromImages", BANK, {"images": (8, 0)}),
             Node(14, "PreviewAny", {}, {"source": (9, 1)}, title="bank report", content=80),
@@ -425,7 +431,7 @@ def workflow_txt2img() -> Workflow:
                  {"image": (6, 0), "restorer": (10, 0), "reference_bank": (9, 0)}),
         ]),
         Group("5 · Output", [
-            Node(12, "SaveImage", {"filename_prefix": "onestep_txt2img"}, {"images": (11, 0)}, content=320),
+            Node(12, "SaveImage", {"filename_prefix": "onestep_txt2img"}, {"images": (11, 0)}, content=100),
             Node(13, "PreviewAny", {}, {"source": (11, 2)}, title="restore report", content=140),
         ]),
     ])

@@ -184,10 +184,11 @@ def node_rect(node: dict, title_h: float) -> tuple:
     return x, y - title_h, x + w, y + h
 
 
-def frontend_widgets(cls: type) -> list:
-    """(label, multiline) of every widget the frontend draws for a node class, from its
-    INPUT_TYPES: its widget inputs in order, a control widget after a seed, an upload button
-    after an image_upload combo."""
+def frontend_widgets(cls: type, builder) -> list:
+    """(label, height) of every widget the frontend draws for a node class, from its
+    INPUT_TYPES: its widget inputs in order (a textarea for multiline strings), a control widget
+    after a seed, an upload button and an image preview after an image_upload combo, an image
+    preview on output nodes that take images (Save / Preview Image, once run)."""
     out = []
     spec = cls.INPUT_TYPES()
     for category in ("required", "optional"):
@@ -195,11 +196,13 @@ def frontend_widgets(cls: type) -> list:
             if not is_widget(entry):
                 continue
             opts = entry[1] if len(entry) > 1 else {}
-            out.append((name, bool(opts.get("multiline"))))
+            out.append((name, builder.MULTILINE_MIN_H if opts.get("multiline") else builder.WIDGET_H))
             if entry[0] == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
-                out.append(("control_after_generate", False))
+                out.append(("control_after_generate", builder.WIDGET_H))
             if isinstance(entry[0], list) and opts.get("image_upload"):
-                out.append(("upload", False))
+                out += [("upload", builder.WIDGET_H), ("", builder.IMAGE_PREVIEW_H)]
+    if getattr(cls, "OUTPUT_NODE", False) and spec.get("required", {}).get("images", ("",))[0] == "IMAGE":
+        out.append(("", builder.IMAGE_PREVIEW_H))
     return out
 
 
@@ -217,7 +220,7 @@ def test_nodes_are_at_least_as_big_as_the_frontend_makes_them(path, pack, mappin
         sockets = [n for c in ("required", "optional") for n, e in spec.get(c, {}).items() if not is_widget(e)]
         outputs = list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)
         title = node.get("title") or titles[node["type"]]
-        min_w, min_h = builder.frontend_min_size(title, sockets, outputs, frontend_widgets(cls))
+        min_w, min_h = builder.frontend_min_size(title, sockets, outputs, frontend_widgets(cls, builder))
         assert node["size"][0] >= min_w and node["size"][1] >= min_h, \
             f"{path.stem} node {node['id']} ({node['type']}): size {node['size']} < frontend minimum {min_w:.0f}x{min_h:.0f}"
 
