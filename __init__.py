@@ -9,4 +9,8 @@ if not __package__ or importlib.util.find_spec("comfy") is None:
 else:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+# Served by ComfyUI at /extensions/<this folder>/: web/docs/<node id>.md are the node help pages
+# (no JavaScript here, so nothing is loaded into the frontend).
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
-PHOTOS = [REPO / "examples" / "family_10045.png", REPO / "workflows" / "inputs" / "old_photo_family.jpg",
-          REPO / "workflows" / "inputs" / "blake_lively.jpg"]
-REFERENCE = REPO / "workflows" / "inputs" / "blake_lively.jpg"  # the adult: x >= 350 (one face)
+PHOTOS = [REPO / "examples" / "family_10045.png", REPO / "example_workflows" / "inputs" / "old_photo_family.jpg",
+          REPO / "example_workflows" / "inputs" / "blake_lively.jpg"]
+REFERENCE = REPO / "example_workflows" / "inputs" / "blake_lively.jpg"  # the adult: x >= 350 (one face)
 
 
 def make_inputs(folder: Path, count: int) -> list:

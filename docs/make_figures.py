@@ -186,9 +186,9 @@ def sources_markdown(rows: Sequence[tuple]) -> str:
              "Written by `docs/make_figures.py`. The photos are demo inputs of GFPGAN and VQFR",
              "(Apache-2.0, license texts next to this file). Changes: faces restored by this project's",
              "default model (CPU, no references, default settings), images resized and cropped, and",
-             "labels added. `workflow_*.png` are renderings of `workflows/*.json` by",
-             "`docs/render_workflow.py`; their Load Image previews are `workflows/inputs/*.jpg`",
-             "(GFPGAN demo inputs, see `workflows/inputs/SOURCE.md`).", "",
+             "labels added. `workflow_*.png` are renderings of `example_workflows/*.json` by",
+             "`docs/render_workflow.py`; their Load Image previews are `example_workflows/inputs/*.jpg`",
+             "(GFPGAN demo inputs, see `example_workflows/inputs/SOURCE.md`).", "",
              "| figure | photo | origin | faces restored | license |", "|---|---|---|---|---|"]
     for item, n_faces in rows:
         lines.append(f"| `before_after_{item.stem}.jpg`, `faces_{item.stem}.jpg` | `{Path(item.rel_path).name}` "

@@ -1,13 +1,13 @@
 """Render a ComfyUI UI-format workflow (.json) to a screenshot-style PNG, without ComfyUI.
 
-    python docs/render_workflow.py                        # docs/images/workflow_01.png and workflow_02.png
+    python docs/render_workflow.py                        # docs/images/workflow_0N.png, one per workflow
     python docs/render_workflow.py WORKFLOW.json OUT.png  # any other workflow
 
 What is drawn: a dark grid canvas; each node at its saved position and size (grown when its
 contents need more room) with a title bar; input sockets on the left and outputs on the right,
 each with its name and type; widget values one per row (with their names where
-workflows/build_workflows.py lists them); links as bezier curves between sockets, coloured by
-type like ComfyUI's dark theme. Load Image nodes show their file from workflows/inputs/ when it
+example_workflows/build_workflows.py lists them); links as bezier curves between sockets, coloured by
+type like ComfyUI's dark theme. Load Image nodes show their file from example_workflows/inputs/ when it
 is there. Output previews stay empty: this is the graph as opened, not a run.
 Everything is drawn at 2x and scaled down, which gives anti-aliased curves and text.
 """
@@ -29,8 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from restorer_core.atomic import atomic_path  # noqa: E402
-DEFAULT_JOBS = (("workflows/02_old_photo_visual_prompt.json", "docs/images/workflow_02.png"),
-                ("workflows/01_txt2img_restore_with_reference.json", "docs/images/workflow_01.png"))
+WORKFLOW_FILES = "example_workflows/[0-9][0-9]_*.json"  # each to docs/images/workflow_<its number>.png
 
 # Link/socket colours: ComfyUI's dark palette for core types, distinct picks for this pack's.
 TYPE_COLORS = {
@@ -40,12 +39,6 @@ TYPE_COLORS = {
 }
 DEFAULT_TYPE_COLOR = "#99AA99"  # LiteGraph's link colour, used for STRING, FLOAT, "*", ...
 
-CORE_DISPLAY_NAMES = {
-    "CheckpointLoaderSimple": "Load Checkpoint", "CLIPTextEncode": "CLIP Text Encode (Prompt)",
-    "EmptyLatentImage": "Empty Latent Image", "VAEDecode": "VAE Decode", "LoadImage": "Load Image",
-    "SaveImage": "Save Image", "PreviewImage": "Preview Image", "ImageCrop": "Image Crop",
-    "ImageBatch": "Batch Images", "RepeatImageBatch": "Repeat Image Batch", "PreviewAny": "Preview Any",
-}
 MULTILINE_WIDGETS = {("CLIPTextEncode", "text"), ("Note", "text")}
 IMAGE_PREVIEW_NODES = {"LoadImage"}
 
@@ -130,12 +123,14 @@ def literal_assignment(path: Path, name: str) -> Any:
 
 
 def widget_names() -> dict:
-    return literal_assignment(REPO / "workflows" / "build_workflows.py", "WIDGETS") or {}
+    return literal_assignment(REPO / "example_workflows" / "build_workflows.py", "WIDGETS") or {}
 
 
 def display_names() -> dict:
+    """Core node titles (as example_workflows/build_workflows.py lists them), then this pack's."""
+    core = literal_assignment(REPO / "example_workflows" / "build_workflows.py", "CORE_DISPLAY_NAMES") or {}
     pack = literal_assignment(REPO / "nodes" / "__init__.py", "NODE_DISPLAY_NAME_MAPPINGS") or {}
-    return {**CORE_DISPLAY_NAMES, **pack}
+    return {**core, **pack}
 
 
 def type_color(type_name: str) -> str:
@@ -487,7 +482,7 @@ def draw_group(pt: Painter, group: dict) -> None:
     pt.text(x + 10, y + 17, str(group.get("title", "")), fnt, "#FFFFFF")
 
 
-def render(workflow: dict, theme: Theme = Theme(), inputs_dir: Path = REPO / "workflows" / "inputs") -> Image.Image:
+def render(workflow: dict, theme: Theme = Theme(), inputs_dir: Path = REPO / "example_workflows" / "inputs") -> Image.Image:
     """The workflow drawn as a PIL image (1 pixel per workflow unit)."""
     names, titles = widget_names(), display_names()
     boxes = {b.id: b for b in (layout_node(n, names, titles, theme, inputs_dir) for n in workflow["nodes"])}
@@ -512,12 +507,13 @@ def render(workflow: dict, theme: Theme = Theme(), inputs_dir: Path = REPO / "wo
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workflow", nargs="?", help="UI-format workflow .json (default: the README's two)")
+    parser.add_argument("workflow", nargs="?", help="UI-format workflow .json (default: every shipped one)")
     parser.add_argument("out", nargs="?", help="output .png")
     args = parser.parse_args(argv)
     if bool(args.workflow) != bool(args.out):
         parser.error("give both WORKFLOW and OUT, or neither")
-    jobs = [(args.workflow, args.out)] if args.workflow else [(REPO / w, REPO / o) for w, o in DEFAULT_JOBS]
+    jobs = [(args.workflow, args.out)] if args.workflow else [
+        (w, REPO / "docs" / "images" / f"workflow_{w.name[:2]}.png") for w in sorted(REPO.glob(WORKFLOW_FILES))]
     for src, dst in jobs:
         workflow = json.loads(Path(src).read_text(encoding="utf-8"))
         if "nodes" not in workflow:

@@ -23,7 +23,8 @@ def _detector_widgets() -> dict:
 
     widgets = detector_inputs()
     widgets["align_size"] = ("INT", {"default": 512, "min": 128, "max": 1024, "step": 64,
-                             "tooltip": "Size the reference faces are kept at (restorers resize to theirs)."})
+                             "tooltip": "Size the reference faces are aligned and kept at (default 512; restorers "
+                                        "resize to their own). Lower it (256) only to save memory."})
     return widgets
 
 
@@ -62,12 +63,20 @@ class ReferenceBankFromFolder:
     RETURN_TYPES = (REF_BANK, "STRING")
     RETURN_NAMES = ("reference_bank", "report")
     DESCRIPTION = ("Photos of the person to restore (1-8, one clear face each) from a folder, or a bank "
-                   "saved by the command line. Photos without exactly one clear face are listed as rejected.")
+                   "saved by the command line. Photos without exactly one clear face are listed as rejected. "
+                   "Re-runs only when the folder's images change.")
+    OUTPUT_TOOLTIPS = (
+        "The reference bank: aligned faces of the person, for One-Step Restore, Restore Faces, Detect "
+        "Faces (selection similar) and Face Similarity.",
+        "Text: the photos used (face size, score) and the ones rejected, with the reason.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         required = {"folder": ("STRING", {"default": "", "multiline": False,
-                               "tooltip": "Folder of reference photos, or a bank .safetensors file."})}
+                               "tooltip": "Full path of a folder with 1-8 photos of the person (one clear face "
+                                          "each, varied angles and light help), or of a bank .safetensors "
+                                          "file saved by 'python -m restorer_core bank build'."})}
         required.update(_detector_widgets())
         return {"required": required}
 
@@ -96,11 +105,19 @@ class ReferenceBankFromImages:
     FUNCTION = "build"
     RETURN_TYPES = (REF_BANK, "STRING")
     RETURN_NAMES = ("reference_bank", "report")
-    DESCRIPTION = "Reference faces from images: one clear face per image; the rest are listed as rejected."
+    DESCRIPTION = ("Reference faces of the person from images (e.g. Load Image, or several images "
+                   "batched): one clear face per image; images with no face or several similar-size faces "
+                   "are listed as rejected.")
+    OUTPUT_TOOLTIPS = (
+        "The reference bank: aligned faces of the person, for One-Step Restore, Restore Faces, Detect "
+        "Faces (selection similar) and Face Similarity.",
+        "Text: the images used (face size, score) and the ones rejected, with the reason.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        required = {"images": ("IMAGE",)}
+        required = {"images": ("IMAGE", {"tooltip": "Photos of the person to restore, one clear face "
+                                                    "each (crop group photos to one face)."})}
         required.update(_detector_widgets())
         return {"required": required}
 

@@ -73,24 +73,37 @@ class LoadFaceRestorer:
     RETURN_TYPES = (FACE_RESTORER,)
     RETURN_NAMES = ("restorer",)
     DESCRIPTION = ("Load a one-step face restorer: the embedded default, a converted .safetensors, an "
-                   f"InstantRestore .pt, or an OSDFace folder (+ SD 2.1-base) from models/{cb.RESTORER_FOLDER}.")
+                   f"InstantRestore .pt, or an OSDFace folder (+ SD 2.1-base) from models/{cb.RESTORER_FOLDER}. "
+                   "ComfyUI's memory manager moves it to the GPU when it runs and offloads it when "
+                   "another model needs the memory.")
+    OUTPUT_TOOLTIPS = ("The loaded restorer, for One-Step Restore or Restore Faces.",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "model_name": (restorer_choices(), {"default": DEFAULT_CHOICE,
-                               "tooltip": f"Restorer weights from models/{cb.RESTORER_FOLDER}."}),
+                               "tooltip": "Restorer weights. default (embedded): the small model that ships with "
+                                          "the pack (offline, CPU friendly, 128 px). The official "
+                                          "InstantRestore / OSDFace models are found in (or, with "
+                                          "allow_download, fetched into) models/"
+                                          f"{cb.RESTORER_FOLDER}; other files there are listed too."}),
                 "base_model": (base_choices(), {"default": NO_BASE,
-                               "tooltip": "Stable Diffusion 2.1-base, needed only by OSDFace models."}),
+                               "tooltip": "Stable Diffusion 2.1-base (a checkpoint or a diffusers folder), "
+                                         "needed only by OSDFace models. Default none."}),
                 "device": (["auto", "cpu"], {"default": "auto",
-                           "tooltip": "auto: ComfyUI's GPU (offloaded when other models need the memory)."}),
+                           "tooltip": "auto (default): ComfyUI's device (the GPU when there is one, "
+                                     "offloaded when other models need the memory). cpu: keep it on the "
+                                     "CPU to leave all GPU memory to other models."}),
                 "precision": (["auto", "fp32", "fp16", "bf16"], {"default": "auto",
-                              "tooltip": "auto: bf16/fp16 where ComfyUI says the GPU supports it, fp32 on CPU."}),
+                              "tooltip": "auto (default): bf16 or fp16 where ComfyUI says the GPU supports "
+                                        "it, fp32 on the CPU. fp32: exact but slower and twice the memory; "
+                                        "fp16 / bf16: force half precision on a GPU."}),
                 "allow_download": ("BOOLEAN", {"default": False,
-                                   "tooltip": "Let the official models and SD 2.1-base download from the "
-                                              "Hugging Face Hub when missing (off: offline, an error names "
-                                              "the files and the folder)."}),
+                                   "tooltip": "Off (default): offline; a missing official model gives an "
+                                              "error naming the files and the folder to put them in. On: "
+                                              "download the official models and SD 2.1-base from the "
+                                              "Hugging Face Hub when missing."}),
             },
             "optional": {
                 "speed": (list(SPEEDS), {"default": "auto",

@@ -93,15 +93,17 @@ def make_selection(selection: str, max_faces: int, face_indices: str, min_face_s
 
 
 def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_size: int,
-           track: bool = True, similarity_fn: Any = None) -> FaceSet:
+           track: bool = True, similarity_fn: Any = None, smoothing: Any = None) -> FaceSet:
     """Faces of every image of the batch, aligned at crop_size from the full-precision pixels.
 
     With track, a face keeps its index from frame to frame (restorer_core.locate tracking),
-    so "face 0" is the same person throughout a clip.
+    so "face 0" is the same person throughout a clip. smoothing: a
+    restorer_core.temporal.SmoothingConfig to align each tracked face at its landmarks smoothed
+    over the frames (the batch is a clip, in order).
     """
     frames = image_list(image)
     cb.check_interrupt()
-    found = locate_in_images(frames, detector, crop_size, selection, track, similarity_fn)
+    found = locate_in_images(frames, detector, crop_size, selection, track, similarity_fn, smoothing)
     faces = [f for per_frame in found for f in per_frame]
     sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
     result = FaceSet(faces, sizes, int(crop_size))

@@ -12,15 +12,22 @@ CATEGORY = "face restore/one-step"
 def paste_inputs() -> dict:
     return {
         "color_fix": (list(ops.COLOR_FIXES), {"default": "wavelet",
-                      "tooltip": "Match the restored face's colours to the original (wavelet keeps its "
-                                 "detail; meanstd matches mean and contrast)."}),
+                      "tooltip": "Match the restored face's colours to the original. wavelet (default): "
+                                 "low-frequency colour from the original, detail from the restored face. "
+                                 "meanstd: match mean and contrast (try it on strongly tinted photos). "
+                                 "none: the restorer's colours as they are."}),
         "mask_shape": (list(ops.MASK_SHAPES), {"default": "landmarks",
-                       "tooltip": "Blend region: an ellipse fitted to the face's landmarks, a fixed "
-                                  "ellipse, or the whole crop."}),
+                       "tooltip": "Region blended into the image. landmarks (default): an ellipse fitted "
+                                  "to the eyes, nose and mouth. ellipse: a fixed ellipse of the crop (for "
+                                  "odd landmarks). box: the whole crop (shows seams; for debugging)."}),
         "feather": ("FLOAT", {"default": 24.0, "min": 0.0, "max": 128.0, "step": 1.0,
-                    "tooltip": "Soft edge width (pixels of a 512 px face crop)."}),
+                    "tooltip": "Width of the soft edge, in pixels of a 512 px face crop (default 24). "
+                                "Raise it when a seam shows, lower it when the face looks washed out "
+                                "at the edge."}),
         "erosion": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 128.0, "step": 1.0,
-                    "tooltip": "Shrink the blend region by this much (pixels of a 512 px face crop)."}),
+                    "tooltip": "Shrink the blend region by this many pixels of a 512 px face crop "
+                                "(default 8), so hair and background at the edge stay original. Raise "
+                                "it when a halo shows around the face."}),
     }
 
 
@@ -31,12 +38,18 @@ class PasteFacesBack:
     FUNCTION = "paste"
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
-    DESCRIPTION = ("Paste restored faces back. Connect the same IMAGE that went into Detect Faces; "
-                   "images without restored faces pass through unchanged.")
+    DESCRIPTION = ("Paste restored faces back into the images they came from, with a soft mask and a "
+                   "colour fix. Connect the same IMAGE that went into Detect Faces; pixels outside every "
+                   "face mask are unchanged, images without restored faces pass through.")
+    OUTPUT_TOOLTIPS = (
+        "The images with the restored faces blended in (same size and batch as the input).",
+        "A MASK per image: how much of the restored face went into each pixel (0..1).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        required = {"image": ("IMAGE",), "faces": (FACES,)}
+        required = {"image": ("IMAGE", {"tooltip": "The same image (batch) that went into Detect Faces."}),
+                    "faces": (FACES, {"tooltip": "Restored faces from One-Step Restore."})}
         required.update(paste_inputs())
         return {"required": required}
 

@@ -9,30 +9,41 @@ from ..restorer_core.paste import PasteConfig
 from ..restorer_core.pipeline import RestoreOptions
 from . import comfy_bridge as cb
 from . import ops
-from .detect import detector_inputs, selection_inputs
+from ..restorer_core.temporal import SmoothingConfig
+from .detect import detector_inputs, selection_inputs, smoothing_input
 from .paste import paste_inputs
-from .similarity import similarity_fn
+from .identity_check import check_identity, make_selection
 from .types import FACE_RESTORER, FACES, REF_BANK, FaceRestorerHandle, FaceSet
 
 CATEGORY = "face restore/one-step"
+BANK_TOOLTIP = {"tooltip": "Optional: photos of the person (Reference Bank). Connected, the restorer "
+                           "borrows their detail and keeps the identity; leave it empty for faces of "
+                           "unknown people."}
 
 
 def restore_inputs() -> dict:
     return {
         "mode": (list(ops.MODES), {"default": "auto",
-                 "tooltip": "auto: references when a bank is connected and the model was trained with "
-                            "them, plus the visual prompt when the model has one. references / "
-                            "visual_prompt / both / none force a conditioning."}),
+                 "tooltip": "What steers the restorer. auto (default): the reference bank when one "
+                            "is connected, plus the visual prompt when the model has one. references: "
+                            "only the bank (needs one). visual_prompt: only the prompt embedded from the "
+                            "face itself (no bank). both: bank and prompt. none: neither (a plain "
+                            "restorer)."}),
         "max_refs": ("INT", {"default": 4, "min": 1, "max": 16,
-                     "tooltip": "Reference faces used from the bank (the largest ones)."}),
+                     "tooltip": "How many reference faces of the bank steer each face (the largest "
+                            "ones; default 4). More references keep the identity better but cost "
+                            "time and memory on big models."}),
         "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                     "tooltip": "0 keeps the input face, 1 uses the restored face. Used when auto_strength "
-                                "is off; with it on, each face gets its own strength."}),
+                     "tooltip": "Blend of input and restored face when auto_strength is off (1.0: the "
+                                "restored face; 0 keeps the input). With auto_strength on, each face gets "
+                                "its own strength."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                 "tooltip": "Noise seed for restorers that sample noise (set the control to fixed for "
-                            "repeatable results)."}),
+                 "tooltip": "Noise seed for restorers that add noise (InstantRestore-style); the "
+                            "default model adds none, so the seed does not change its faces. Keep the "
+                            "control on fixed for repeatable results."}),
         "batch_size": ("INT", {"default": 8, "min": 1, "max": 64,
-                       "tooltip": "Faces restored per forward pass (lower it on out-of-memory errors)."}),
+                       "tooltip": "Faces restored per network pass (default 8). Lower it on "
+                              "out-of-memory errors; raise it on a big GPU for long clips."}),
     }
 
 
@@ -68,6 +79,13 @@ def strength_lines(faces: FaceSet) -> list:
     return ["strength per face (image/face): " + ", ".join(parts)] if parts else []
 
 
+def identity_lines(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options) -> list[str]:
+    """The identity check, where the bank steers restoration (not for a bank left unused)."""
+    if bank is None or not handle.pipeline.uses_references(bank, options):
+        return []
+    return check_identity(faces, bank)
+
+
 class OneStepRestore:
     """Restores detected faces in one network pass each, optionally guided by a reference bank."""
 
@@ -75,14 +93,23 @@ class OneStepRestore:
     FUNCTION = "restore"
     RETURN_TYPES = (FACES, "IMAGE", "STRING")
     RETURN_NAMES = ("faces", "restored_crops", "report")
-    DESCRIPTION = ("Restore the faces from Detect Faces. With a reference bank the restorer borrows detail "
-                   "from the person's reference photos (its keys/values are computed once and cached).")
+    DESCRIPTION = ("Restore the faces from Detect Faces in one network pass each. With a reference bank "
+                   "the restorer borrows detail from the person's reference photos (their keys/values are "
+                   "computed once and cached on disk); without one it uses the visual prompt embedded "
+                   "from the face itself.")
+    OUTPUT_TOOLTIPS = (
+        "The faces with their restored crops, for Paste Faces Back and Face Similarity.",
+        "The restored face crops as an IMAGE batch, to preview.",
+        "Text: faces restored, the model and conditioning used, and the reference cache status.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        required = {"restorer": (FACE_RESTORER,), "faces": (FACES,)}
+        required = {"restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."}),
+                    "faces": (FACES, {"tooltip": "Aligned faces from Detect Faces."})}
         required.update(restore_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK,), **optional_restore_inputs()}}
+        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
+                                                   **optional_restore_inputs()}}
 
     def restore(self, restorer: FaceRestorerHandle, faces: FaceSet, mode: str, max_refs: int,
                 strength: float, seed: int, batch_size: int, reference_bank: Optional[Any] = None,
@@ -90,6 +117,7 @@ class OneStepRestore:
         options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
         out, lines = ops.restore(restorer, faces, reference_bank, options)
         lines = lines + strength_lines(out)
+        lines += identity_lines(restorer, faces, reference_bank, options)
         return (out, out.crops_tensor(restored=True), "\n".join(lines))
 
 
@@ -100,32 +128,45 @@ class RestoreFaces:
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("image", "mask", "report")
-    DESCRIPTION = ("Restore every selected face of an image batch and paste it back. Images without a "
-                   "face pass through unchanged.")
+    DESCRIPTION = ("Detect, restore and paste back in one node: the same steps and results as Detect "
+                   "Faces -> One-Step Restore -> Paste Faces Back. Images without a face pass through "
+                   "unchanged. Use the split nodes to preview crops or score identity in between.")
+    OUTPUT_TOOLTIPS = (
+        "The images with the restored faces blended in (same size and batch as the input).",
+        "A MASK per image: how much of the restored face went into each pixel (0..1).",
+        "Text: faces found and skipped, restoration and paste-back details.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        required = {"image": ("IMAGE",), "restorer": (FACE_RESTORER,)}
+        required = {"image": ("IMAGE", {"tooltip": "The image, or a batch of images / video frames in "
+                                                   "order."}),
+                    "restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."})}
         required.update(restore_inputs())
         required.update(detector_inputs())
         required.update(selection_inputs())
         required.update(paste_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK,), **optional_restore_inputs()}}
+        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
+                                                   **optional_restore_inputs(),
+                                                   "smooth_landmarks": smoothing_input()}}
 
     def run(self, image, restorer: FaceRestorerHandle, mode: str, max_refs: int, strength: float, seed: int,
             batch_size: int, detector: str, detector_model: str, threshold: float, selection: str,
             max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
             color_fix: str, mask_shape: str, feather: float, erosion: float,
-            reference_bank: Optional[Any] = None, auto_strength: bool = True):
+            reference_bank: Optional[Any] = None, auto_strength: bool = True,
+            smooth_landmarks: bool = False):
         options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
         paste_cfg = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
         det = ops.get_detector(detector, detector_model, threshold)
-        sel = ops.make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold)
-        sim = similarity_fn(reference_bank) if selection == "similar" else None
+        sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
+                                  reference_bank)
         crop_size = max(restorer.resolution, 512)  # as Detect Faces' default: paste-back at >= 512 px
-        faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim)
+        faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim,
+                           smoothing=SmoothingConfig() if smooth_landmarks else None)
         lines = ops.describe_faces(faces)
         restored, restore_lines = ops.restore(restorer, faces, reference_bank, options)
+        restore_lines += identity_lines(restorer, faces, reference_bank, options)
         out, mask, paste_lines = ops.paste(image, restored, paste_cfg)
         report = "\n".join(lines + restore_lines + strength_lines(restored) + paste_lines)
         return (out, mask, report)

@@ -41,12 +41,25 @@ def try_identity() -> Optional[Any]:
         return None
 
 
-def similarity_fn(bank: Any):
+def get_scorer(alternative: str = "remove the Face Similarity node") -> IdentityScorer:
+    """The one identity scorer of the nodes (get_identity; a stronger network replaces it here)."""
+    return get_identity(alternative)
+
+
+def try_scorer() -> Optional[IdentityScorer]:
+    try:
+        return get_scorer()
+    except ModelNotFoundError:
+        return None
+
+
+def similarity_fn(bank: Any, scorer: Optional[IdentityScorer] = None):
     """For restorer_core.locate: faces -> similarity of each crop to the bank."""
     if bank is None:
-        raise ValueError("selection 'similar' keeps the faces that look like the reference person: "
-                         "connect a REF_BANK to Detect Faces, or choose another selection.")
-    return get_identity("choose a selection other than 'similar'").for_selection(bank)
+        raise ValueError("selections 'similar' and 'same_person' keep the faces that look like the reference "
+                         "person: connect a REF_BANK, or choose another selection.")
+    scorer = scorer or get_scorer("choose a selection other than 'similar' or 'same_person'")
+    return scorer.for_selection(bank)
 
 
 class FaceSimilarity:
@@ -57,25 +70,34 @@ class FaceSimilarity:
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("similarity", "report")
     OUTPUT_IS_LIST = (True, False)
-    DESCRIPTION = ("Identity similarity of each face to the reference bank: of the restored face when "
-                   "there is one (with the input face's score beside it in the report), else of the input.")
+    DESCRIPTION = ("Identity similarity of each face to the reference bank (cosine, -1..1): of the "
+                   "restored face when there is one (with the input face's score beside it in the report), "
+                   "else of the input. Use it to check that restoration kept the person.")
+    OUTPUT_TOOLTIPS = (
+        "One similarity per face (a list of FLOATs, in face order).",
+        "Text: each face's similarity before and after restoration, and the change.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"faces": (FACES,), "reference_bank": (REF_BANK,)}}
+        return {"required": {
+            "faces": (FACES, {"tooltip": "Faces from Detect Faces or One-Step Restore (restored faces are "
+                                         "scored after restoration)."}),
+            "reference_bank": (REF_BANK, {"tooltip": "Photos of the person to compare with."})}}
 
     def score(self, faces: FaceSet, reference_bank: Any):
-        scorer = get_identity()
+        scorer = get_scorer()
         before = scorer.similarity([f.crop for f in faces.faces], reference_bank)
         restored = [f.restored for f in faces.faces if f.restored is not None]
         after = scorer.similarity(restored, reference_bank) if len(restored) == len(faces.faces) else None
         scores = after if after is not None else before
-        lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s):"]
+        lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s); "
+                 f"the same person from {scorer.threshold:.2f}:"]
         for k, f in enumerate(faces.faces):
             line = f"image {f.image_index} face #{f.face_index}: input {before[k]:.3f}"
             if after is not None:
                 line += f" -> restored {after[k]:.3f} ({after[k] - before[k]:+.3f})"
-            lines.append(line)
+            lines.append(line + ("" if scorer.same_person(scores[k]) else "  <- not the bank's person"))
         if not faces.faces:
             lines.append("no faces.")
         report = "\n".join(lines)

@@ -460,7 +460,7 @@ class Resources:
 # Arguments that decide an output's pixels: equal values give equal outputs, so resume compares them.
 _PIXEL_SETTINGS = ("model", "base", "refs", "mode", "faces", "dtype", "seed", "max_refs", "color_fix", "mask",
                    "feather", "erosion", "strength", "crop_size", "detail_transfer", "format", "detector",
-                   "detector_model", "rotate")
+                   "detector_model", "rotate", "video")
 
 
 def _pixel_settings(args: argparse.Namespace) -> dict:
@@ -487,6 +487,10 @@ def validate(args: argparse.Namespace) -> RestorePlan:
     selection = parse_faces(args.faces)
     skipped: list = []
     inputs = collect_inputs(args.inputs, skipped)
+    if args.video:
+        from .temporal import frame_order
+
+        inputs = frame_order(inputs)
     from .conditioning import check_references_given
 
     try:
@@ -500,6 +504,10 @@ def validate(args: argparse.Namespace) -> RestorePlan:
                                  detector=args.detector, detector_model=args.detector_model,
                                  crop_size=args.crop_size, detail_transfer=args.detail_transfer,
                                  cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        if args.video:
+            from .temporal import LandmarkSmoother
+
+            options.temporal = LandmarkSmoother()
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     report_path = Path(args.report) if args.report else out_dir / "restore_report.json"
@@ -696,6 +704,9 @@ def _restore_command(args: argparse.Namespace, ctx: "DistContext") -> int:
     report = RunReport(command="restore")
     report.settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
     with warnings_into(report):
+        if args.video and ctx.enabled:
+            raise UsageError("--video smooths faces over consecutive frames: run it in one process, not "
+                             "under torchrun (each process would see only some of the frames)")
         plan = validate(args)
         report.settings_digest, report.skipped_inputs = plan.settings_digest, list(plan.skipped_inputs)
         done = all_done_before(plan)
@@ -882,6 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-rotate", dest="rotate", action="store_false",
                    help="do not try the image turned by 90/180/270 degrees when no face is found")
     r.add_argument("--debug", action="store_true", help="print tracebacks (of failing images too)")
+    r.add_argument("--video", action="store_true",
+                   help="the inputs are the frames of one video (a folder of frames; numbers in names in "
+                        "numeric order): each face's landmarks are smoothed over the frames so restored "
+                        "faces do not jitter")
     _add_detector_args(r)
     r.set_defaults(func=cmd_restore)
 

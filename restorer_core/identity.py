@@ -234,13 +234,30 @@ def load_identity_embedder(
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+# The shipped embedder's same-person cosine (balanced accuracy on held-out people, model card),
+# used when an embedder file does not carry its own "threshold" metadata.
+SAME_PERSON_FALLBACK = 0.24
+
+
 class IdentityScorer:
     """How much faces look like a reference bank's person: cosine similarity of each aligned
-    crop to the bank's mean identity, which is computed once per bank (by its hash)."""
+    crop to the bank's mean identity, which is computed once per bank (by its hash), and the
+    embedder's same-person threshold."""
 
-    def __init__(self, embedder: IdentityEmbedder):
+    def __init__(self, embedder: IdentityEmbedder, threshold: Optional[float] = None,
+                 name: str = "identity_embedder"):
         self.embedder = embedder
+        self.name = name
+        if threshold is None:
+            try:
+                threshold = float((getattr(embedder, "metadata", {}) or {}).get("threshold", ""))
+            except ValueError:
+                threshold = SAME_PERSON_FALLBACK
+        self.threshold = float(threshold)
         self._banks: dict = {}
+
+    def same_person(self, score: float) -> bool:
+        return float(score) >= self.threshold
 
     def bank_identity(self, bank) -> np.ndarray:
         """Unit-length mean embedding [D] of the bank's faces."""

@@ -230,11 +230,12 @@ def rgb_float(pixels: np.ndarray) -> np.ndarray:
     return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
 
 
-def recut_full_depth(pixels: np.ndarray, faces: Sequence[AlignedFace]) -> list[AlignedFace]:
-    """The faces cut again, same geometry, from the image's own pixels (16-bit, float, gray or
-    alpha images): detection and selection saw an 8-bit RGB copy. 8-bit RGB images keep theirs."""
+def recut_full_depth(pixels: np.ndarray, faces: Sequence[AlignedFace], always: bool = False) -> list[AlignedFace]:
+    """The faces cut again at their detections from the image's own pixels (16-bit, float, gray or
+    alpha images): detection and selection saw an 8-bit RGB copy. 8-bit RGB images keep their
+    crops unless ``always`` (the detections changed, e.g. smoothed over frames)."""
     arr = np.asarray(pixels)
-    if not faces or (arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3):
+    if not faces or (not always and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3):
         return list(faces)
     rgb = rgb_float(arr)
     out = []
@@ -252,12 +253,19 @@ def locate_in_images(
     selection: Optional[FaceSelection] = None,
     track: bool = True,
     similarity_fn: Optional[SimilarityFn] = None,
+    smoothing=None,
 ) -> list[list[AlignedFace]]:
     """locate_faces_batch on images of any depth and layout: detected on 8-bit RGB copies,
-    cropped from the full-depth pixels (recut_full_depth)."""
+    cropped from the full-depth pixels (recut_full_depth). smoothing: a
+    restorer_core.temporal.SmoothingConfig when the images are consecutive frames of a clip: each
+    tracked face is aligned at its landmarks smoothed over the frames."""
     from .imageio import to_rgb8
 
     arrays = [np.asarray(im) for im in images]
     found = locate_faces_batch([to_rgb8(a) for a in arrays], detector, crop_size, selection, track,
                                similarity_fn=similarity_fn)
-    return [recut_full_depth(a, faces) for a, faces in zip(arrays, found)]
+    if smoothing is not None:
+        from .temporal import smooth_frames
+
+        found = smooth_frames(found, smoothing, use_face_index=track)
+    return [recut_full_depth(a, faces, always=smoothing is not None) for a, faces in zip(arrays, found)]

@@ -48,7 +48,10 @@ class RestoreOptions:
     sharp, large faces ~0, blurred or small ones 1). crop_size: the aligned
     crop faces are cut at (None: max(restorer resolution, 512)). detail_transfer: keep the input's
     detail finer than the restorer's resolution (see transfer_detail). cache_dir / use_cache: where the
-    bank's reference keys/values are cached (None: next to the bank file).
+    bank's reference keys/values are cached (None: next to the bank file). temporal: a
+    restorer_core.temporal.LandmarkSmoother when the images are consecutive frames of one video,
+    in order: each face's landmarks are smoothed over the frames before alignment (the smoother
+    keeps its state between calls, so frames may come in chunks).
     """
 
     mode: str = "auto"
@@ -64,6 +67,7 @@ class RestoreOptions:
     detail_transfer: bool = True
     cache_dir: Optional[str] = None
     use_cache: bool = True
+    temporal: Optional[Any] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -318,6 +322,9 @@ class FaceRestorePipeline:
             record = ImageRecord(input=name, width=int(arr.shape[1]), height=int(arr.shape[0]))
             t0 = time.perf_counter()
             faces, skipped = self.locate(arr, options, i, bank)
+            if options.temporal is not None:
+                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+                faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
             record.add_time("detect_align", time.perf_counter() - t0)
             for f in faces:
                 record.faces.append(FaceRecord(f.face_index, list(map(float, f.box)), f.score,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Run the pack's API-format workflows against a running local ComfyUI and report each outcome.
 
-What it does, per workflow file in ``workflows/api/`` (or the ones named on the command line):
+What it does, per workflow file in ``example_workflows/api/`` (or the ones named on the command line):
 1. checks that every ``class_type`` in the graph is known to the server (``GET /object_info``);
-2. uploads the images its ``LoadImage`` nodes name from ``workflows/inputs/`` through
+2. uploads the images its ``LoadImage`` nodes name from ``example_workflows/inputs/`` through
    ``POST /upload/image`` (ComfyUI never overwrites: an existing file with the same name and the
    same bytes is reused, a different one makes ComfyUI pick a new name, which is then put into
    the graph);
@@ -16,7 +16,7 @@ local test harness, not a remote client. Standard library only, so any Python 3.
 
 Example (small txt2img for a CPU run with a stand-in checkpoint)::
 
-    python scripts/run_comfyui_workflows.py 01 \
+    python scripts/run_comfyui_workflows.py 04 \
         --set CheckpointLoaderSimple.ckpt_name=random_sd15.safetensors \
         --set EmptyLatentImage.width=256 --set EmptyLatentImage.height=256 --set KSampler.steps=2
 """
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_WORKFLOWS = REPO / "workflows" / "api"
-DEFAULT_INPUTS = REPO / "workflows" / "inputs"
+DEFAULT_WORKFLOWS = REPO / "example_workflows" / "api"
+DEFAULT_INPUTS = REPO / "example_workflows" / "inputs"
 
 
 @dataclass(frozen=True)

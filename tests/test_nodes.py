@@ -28,7 +28,7 @@ import core_nodes  # noqa: E402
 import folder_paths  # noqa: E402
 import harness  # noqa: E402
 
-INPUTS = harness.REPO_ROOT / "workflows" / "inputs"
+INPUTS = harness.REPO_ROOT / "example_workflows" / "inputs"
 BLAKE = INPUTS / "blake_lively.jpg"  # 700x464: a child (left) and an adult (right), both faces found
 DETECT = dict(detector="yunet", detector_model="default", threshold=0.6, selection="all", max_faces=0,
               face_indices="0", min_face_size=0, similarity_threshold=0.4, track_faces=True, crop_size=256)
@@ -125,6 +125,47 @@ def test_pack_registers_well_formed_nodes(pack):
                 assert default in entry[0], f"{key}.{name}"
     for folder in ("face_restore_onestep", "face_restore_onestep_cache", "facedetection"):
         assert os.path.join(folder_paths.models_dir, folder) in folder_paths.get_folder_paths(folder)
+
+
+def test_every_node_explains_itself_and_every_socket_and_widget(pack):
+    """DESCRIPTION, a tooltip on every input (in its options, as ComfyUI reads it) and one per
+    output (OUTPUT_TOOLTIPS, in RETURN_TYPES order): what the frontend shows on hover."""
+    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40, key
+        spec = cls.INPUT_TYPES()
+        for category in ("required", "optional"):
+            for name, entry in spec.get(category, {}).items():
+                opts = entry[1] if len(entry) > 1 else {}
+                tip = opts.get("tooltip", "")
+                assert isinstance(tip, str) and len(tip.strip()) > 15, f"{key}.{name} has no tooltip"
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", ())
+        assert len(tips) == len(cls.RETURN_TYPES), f"{key}: one OUTPUT_TOOLTIPS entry per output"
+        assert all(isinstance(t, str) and len(t.strip()) > 15 for t in tips), key
+        widgets = [n for c in ("required", "optional") for n, e in spec.get(c, {}).items()
+                   if isinstance(e[0], list) or e[0] in ("INT", "FLOAT", "BOOLEAN")]
+        for name in widgets:  # a widget's tooltip names its default, so users know what they change
+            entry = {**spec.get("required", {}), **spec.get("optional", {})}[name]
+            default = entry[1].get("default")
+            if default is not None and not isinstance(default, bool):
+                shown = f"{default}" if not isinstance(default, float) else f"{default:g}"
+                assert "default" in entry[1]["tooltip"] or shown in entry[1]["tooltip"], f"{key}.{name}"
+
+
+def test_node_help_pages_are_served_and_up_to_date(pack):
+    """The frontend's node help panel reads WEB_DIRECTORY/docs/<node id>.md; the pages are made
+    from the declarations by docs/make_node_help.py and must match them."""
+    import importlib.util
+
+    assert pack.WEB_DIRECTORY == "./web"
+    spec = importlib.util.spec_from_file_location("make_node_help", harness.REPO_ROOT / "docs" / "make_node_help.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    docs = harness.REPO_ROOT / "web" / "docs"
+    expected = maker.pages()
+    assert sorted(expected) == sorted(f"{k}.md" for k in pack.NODE_CLASS_MAPPINGS)
+    for name, text in expected.items():
+        assert (docs / name).read_text(encoding="utf-8") == text, f"run python docs/make_node_help.py ({name})"
+    assert "**smooth_landmarks**" in expected["OneStepDetectFaces.md"]
 
 
 def test_model_list_shows_files_and_hides_osdface_parts(pack, restorer_files):
@@ -257,6 +298,37 @@ def test_tracking_keeps_a_face_number_when_another_face_appears(N, blake):
     assert adult_untracked == {0: 0, 1: 1, 2: 1}  # ... where left-to-right numbering would renumber
     child = [f.face_index for f in tracked.faces if box_x(f) < 350]
     assert child == [1, 1]
+
+
+def test_smooth_landmarks_steadies_a_face_across_frames(N, handle, adult):
+    """Frames of one face moved by known sub-pixel shifts, each with its own noise: with
+    smooth_landmarks the aligned landmarks wobble much less around the known motion; the first
+    frame is the same either way; Restore Faces takes the same switch."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    base = adult[0].numpy()
+    frames, shifts = [], []
+    for k in range(10):
+        dx, dy = 0.3 * k + rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4)
+        m = np.float32([[1, 0, dx], [0, 1, dy]])
+        moved = cv2.warpAffine(base, m, base.shape[1::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+        frames.append(np.clip(moved + rng.normal(0, 0.02, moved.shape), 0, 1).astype(np.float32))
+        shifts.append((dx, dy))
+    clip = torch.from_numpy(np.stack(frames))
+    marks = {}
+    for smooth in (False, True):
+        faces = detect(N, clip, smooth_landmarks=smooth, crop_size=128)[0]
+        assert [f.image_index for f in faces.faces] == list(range(10))
+        marks[smooth] = np.stack([np.asarray(f.landmarks, np.float64) - s for f, s in zip(faces.faces, shifts)])
+    wobble = {s: np.abs(np.diff(m[3:], axis=0)).mean() for s, m in marks.items()}
+    assert wobble[True] < 0.6 * wobble[False]
+    np.testing.assert_allclose(marks[True][0], marks[False][0], atol=1e-4)
+    keys = ("detector", "detector_model", "threshold", "selection", "max_faces", "face_indices",
+            "min_face_size", "similarity_threshold")
+    out, mask, report = N["OneStepRestoreFaces"].run(clip[:3], handle, **RESTORE, **{k: DETECT[k] for k in keys},
+                                                     **PASTE, smooth_landmarks=True)
+    assert out.shape == clip[:3].shape and "restored 3 face(s)" in report
 
 
 def test_no_faces_pass_through_unchanged(N, handle, bank):
@@ -447,6 +519,42 @@ def test_face_similarity_and_similar_selection(N, blake, bank, identity_file):
     assert "input" in report and "restored" not in report
     kept = detect(N, blake, selection="similar", similarity_threshold=(grown + child) / 2, reference_bank=bank)[0]
     assert [f.face_index for f in kept.faces] == [1]
+
+
+def test_identity_check_names_faces_unlike_the_bank(N, handle, blake, bank, caplog):
+    """With the shipped identity network: restoring both faces against a bank of the adult says,
+    in the report and as a console warning, that the child (face #0) is below the same-person
+    threshold; the adult (#1) is not named. Without a bank there is no check."""
+    import logging
+
+    faces = detect(N, blake)[0]
+    with caplog.at_level(logging.WARNING, logger="onestep_face_restore"):
+        report = N["OneStepRestore"].restore(handle, faces, **RESTORE, reference_bank=bank)[2]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "image 0 face #0" in warned[0] and "same-person threshold" in warned[0]
+    assert "WARNING image 0 face #0" in report and "face #1: similarity" not in report
+    assert "identity check" in report and "image 0 face #1" in report  # every face's score is listed
+    plain = N["OneStepRestore"].restore(handle, faces, **RESTORE)[2]
+    assert "identity check" not in plain
+    unused = N["OneStepRestore"].restore(handle, faces, **{**RESTORE, "mode": "visual_prompt"},
+                                         reference_bank=bank)[2]
+    assert "identity check" not in unused  # a bank that does not steer the restorer is not checked
+    marks = [line.endswith("not the bank's person") for line in N["OneStepFaceSimilarity"].score(faces, bank)[1].splitlines()[1:]]
+    assert marks == [True, False]  # Face Similarity marks the same face
+
+
+def test_same_person_selection_restores_only_the_bank_person(N, handle, blake, bank):
+    faces, _, _, report = detect(N, blake, selection="same_person", reference_bank=bank)
+    assert [f.face_index for f in faces.faces] == [1]
+    keys = ("detector", "detector_model", "threshold", "max_faces", "face_indices", "min_face_size",
+            "similarity_threshold")
+    out, mask, text = N["OneStepRestoreFaces"].run(blake, handle, **RESTORE, **{k: DETECT[k] for k in keys},
+                                                   selection="same_person", **PASTE, reference_bank=bank)
+    assert float(mask[0, :, :300].max()) == 0.0 and float(mask[0, :, 400:].max()) > 0.5  # child untouched
+    assert torch.equal(out[0, :, :300], blake[0, :, :300])
+    assert "restored 1 face(s)" in text and "WARNING" not in text
+    with pytest.raises(ValueError, match="REF_BANK"):
+        detect(N, blake, selection="same_person")
 
 
 def test_missing_identity_embedder_names_file_folder_and_way_out(pack, N, blake, bank, tmp_path, monkeypatch):

@@ -27,9 +27,9 @@ import folder_paths  # noqa: E402
 import harness  # noqa: E402
 from execution import Executor, PromptError, types_match  # noqa: E402
 
-WORKFLOWS = harness.REPO_ROOT / "workflows"
+WORKFLOWS = harness.REPO_ROOT / "example_workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
-RUNNABLE = ["02_old_photo_visual_prompt", "03_character_consistency_batch", "04_video_frames_one_bank"]
+RUNNABLE = ["01_old_photo_visual_prompt", "02_character_consistency_batch", "03_video_frames_one_bank"]
 VIRTUAL = {"Note", "MarkdownNote"}  # frontend-only nodes: in UI files, never in API prompts
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
@@ -81,7 +81,7 @@ def check_value(node: dict, name: str, entry: tuple, value) -> None:
     kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
     where = f"node {node['id']} ({node['type']}).{name} = {value!r}"
     if node["type"] == "LoadImage" and name == "image":
-        assert (WORKFLOWS / "inputs" / value).is_file(), f"{where}: not shipped in workflows/inputs"
+        assert (WORKFLOWS / "inputs" / value).is_file(), f"{where}: not shipped in example_workflows/inputs"
     elif node["type"] == "CheckpointLoaderSimple" and name == "ckpt_name":
         assert Path(value).suffix in folder_paths.supported_pt_extensions, where
     elif isinstance(kind, list):
@@ -114,8 +114,8 @@ def test_workflow_files_are_what_the_builder_writes():
     finally:
         sys.path.remove(str(WORKFLOWS))
     for name, (ui, api) in build_workflows.build_all().items():
-        assert load_json(WORKFLOWS / f"{name}.json") == ui, f"{name}: run workflows/build_workflows.py"
-        assert load_json(WORKFLOWS / "api" / f"{name}.json") == api, f"{name}: run workflows/build_workflows.py"
+        assert load_json(WORKFLOWS / f"{name}.json") == ui, f"{name}: run example_workflows/build_workflows.py"
+        assert load_json(WORKFLOWS / "api" / f"{name}.json") == api, f"{name}: run example_workflows/build_workflows.py"
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -161,6 +161,145 @@ def test_ui_workflow_nodes_links_and_widgets(path, mappings):
                 assert any(l[0] == link_id and l[1] == node["id"] and l[2] == i for l in wf["links"])
     restorers = [n for n in wf["nodes"] if n["type"] == "OneStepLoadFaceRestorer"]
     assert restorers and all(n["widgets_values"][0] == "default (embedded)" for n in restorers)
+
+
+# ----------------------------------------------------------------------------- layout
+# What a person sees on opening a file in the ComfyUI frontend: the layout rules of issue 10.
+
+
+@pytest.fixture(scope="module")
+def builder():
+    sys.path.insert(0, str(WORKFLOWS))
+    try:
+        import build_workflows
+    finally:
+        sys.path.remove(str(WORKFLOWS))
+    return build_workflows
+
+
+def node_rect(node: dict, title_h: float) -> tuple:
+    """(x0, y0, x1, y1) of a node as drawn: its title bar sits above `pos`."""
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - title_h, x + w, y + h
+
+
+def frontend_widgets(cls: type, builder) -> list:
+    """(label, height) of every widget the frontend draws for a node class, from its
+    INPUT_TYPES: its widget inputs in order (a textarea for multiline strings), a control widget
+    after a seed, an upload button and an image preview after an image_upload combo, an image
+    preview on output nodes that take images (Save / Preview Image, once run)."""
+    out = []
+    spec = cls.INPUT_TYPES()
+    for category in ("required", "optional"):
+        for name, entry in spec.get(category, {}).items():
+            if not is_widget(entry):
+                continue
+            opts = entry[1] if len(entry) > 1 else {}
+            out.append((name, builder.MULTILINE_MIN_H if opts.get("multiline") else builder.WIDGET_H))
+            if entry[0] == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
+                out.append(("control_after_generate", builder.WIDGET_H))
+            if isinstance(entry[0], list) and opts.get("image_upload"):
+                out += [("upload", builder.WIDGET_H), ("", builder.IMAGE_PREVIEW_H)]
+    if getattr(cls, "OUTPUT_NODE", False) and spec.get("required", {}).get("images", ("",))[0] == "IMAGE":
+        out.append(("", builder.IMAGE_PREVIEW_H))
+    return out
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_nodes_are_at_least_as_big_as_the_frontend_makes_them(path, pack, mappings, builder):
+    """The frontend grows a node to LGraphNode.computeSize of its real inputs (that is how the
+    old files came to overlap): every saved size is at least that, from the classes themselves."""
+    wf = load_json(path)
+    titles = {**builder.CORE_DISPLAY_NAMES, **pack.NODE_DISPLAY_NAME_MAPPINGS}
+    for node in wf["nodes"]:
+        if node["type"] in VIRTUAL:
+            continue
+        cls = mappings[node["type"]]
+        spec = cls.INPUT_TYPES()
+        sockets = [n for c in ("required", "optional") for n, e in spec.get(c, {}).items() if not is_widget(e)]
+        outputs = list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)
+        title = node.get("title") or titles[node["type"]]
+        min_w, min_h = builder.frontend_min_size(title, sockets, outputs, frontend_widgets(cls, builder))
+        assert node["size"][0] >= min_w and node["size"][1] >= min_h, \
+            f"{path.stem} node {node['id']} ({node['type']}): size {node['size']} < frontend minimum {min_w:.0f}x{min_h:.0f}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_layout_has_no_overlaps_and_groups_hold_their_nodes(path, builder):
+    wf = load_json(path)
+    rects = {n["id"]: node_rect(n, builder.TITLE_H) for n in wf["nodes"]}
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            ra, rb = rects[a], rects[b]
+            apart = ra[2] + 10 <= rb[0] or rb[2] + 10 <= ra[0] or ra[3] + 10 <= rb[1] or rb[3] + 10 <= ra[1]
+            assert apart, f"{path.stem}: nodes {a} and {b} overlap or touch: {ra} {rb}"
+    groups = wf["groups"]
+    assert len(groups) >= 3 and all(g["title"].strip() for g in groups)
+    boxes = [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+              g["bounding"][1] + g["bounding"][3]) for g in groups]
+    for i in range(len(boxes) - 1):  # a row of groups, left to right, apart
+        assert boxes[i][2] < boxes[i + 1][0]
+    member = {}
+    for node_id, (x0, y0, x1, y1) in rects.items():
+        inside = [k for k, (gx0, gy0, gx1, gy1) in enumerate(boxes)
+                  if gx0 < x0 and x1 < gx1 and gy0 + builder.GROUP_TITLE_H <= y0 and y1 < gy1]
+        assert len(inside) == 1, f"{path.stem}: node {node_id} is in groups {inside}, not in exactly one"
+        member[node_id] = inside[0]
+    for _, src, _, dst, _, _ in wf["links"]:  # data flows left to right, or within a group
+        assert member[src] <= member[dst], f"{path.stem}: link {src} -> {dst} runs backwards"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_whole_graph_is_readable_on_a_1920x1080_screen(path, builder):
+    """Fit view (the "." key: DragAndScale.fitToBounds, zoom 0.75) and the saved view both show
+    every node at a zoom of at least 0.6, where the frontend draws node text; the saved view
+    puts the graph below the menu bar and right of the sidebar, inside the window."""
+    wf = load_json(path)
+    rects = [node_rect(n, builder.TITLE_H) for n in wf["nodes"]]
+    rects += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+               g["bounding"][1] + g["bounding"][3]) for g in wf["groups"]]
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    x1, y1 = max(r[2] for r in rects), max(r[3] for r in rects)
+    screen_w, screen_h = 1920, 960  # 1080 less the browser's own bars
+    fit = min(0.75 * screen_w / (x1 - x0), 0.75 * screen_h / (y1 - y0))
+    assert fit >= 0.6, f"{path.stem}: fit-view zoom {fit:.2f}"
+    ds = wf["extra"]["ds"]
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    assert 0.6 <= scale <= 1.0
+    left, top = (x0 + ox) * scale, (y0 + oy) * scale
+    right, bottom = (x1 + ox) * scale, (y1 + oy) * scale
+    assert left >= builder.SIDEBAR_W and top >= builder.MENU_H, (left, top)
+    assert right <= screen_w and bottom <= screen_h, (right, bottom)
+
+
+def test_templates_folder_is_the_one_comfyui_serves():
+    """ComfyUI serves each existing template folder of a pack (example_workflows, example,
+    examples, workflow, workflows, in that order) under one URL; the first registered answers.
+    The workflows live in the first, and no other alias folder holds workflow files."""
+    aliases = ["example_workflows", "example", "examples", "workflow", "workflows"]
+    present = [a for a in aliases if (harness.REPO_ROOT / a).is_dir()]
+    assert present[0] == "example_workflows" and WORKFLOWS.name == "example_workflows"
+    for alias in present[1:]:
+        assert not list((harness.REPO_ROOT / alias).glob("*.json")), f"{alias}/ would list templates that never load"
+
+
+def test_templates_browser_order_and_thumbnails(builder):
+    """ComfyUI lists `example_workflows/*.json` of a custom node as templates, with `<name>.jpg` beside
+    each as its thumbnail: every workflow has a JPEG, and names sort in the order to open them
+    (first one without reference photos or a checkpoint, txt2img, which needs one, last)."""
+    from PIL import Image
+
+    names = [p.stem for p in UI_FILES]
+    assert names == list(builder.WORKFLOWS) and [n[:3] for n in names] == ["01_", "02_", "03_", "04_"]
+    first, last = load_json(UI_FILES[0]), load_json(UI_FILES[-1])
+    assert not {"CheckpointLoaderSimple", "OneStepReferenceBankFromImages"} & {n["type"] for n in first["nodes"]}
+    assert "CheckpointLoaderSimple" in {n["type"] for n in last["nodes"]}
+    for path in UI_FILES:
+        with Image.open(path.with_suffix(".jpg")) as thumb:
+            assert thumb.format == "JPEG" and thumb.size[0] == thumb.size[1] >= 256
+    assert not list((WORKFLOWS / "api").glob("*.jpg"))
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -235,7 +374,7 @@ def node_of(prompt: dict, class_type: str, title: str | None = None) -> str:
 
 
 def test_old_photo_workflow_runs(mappings, run_env):
-    prompt = prompt_for("02_old_photo_visual_prompt", run_env)
+    prompt = prompt_for("01_old_photo_visual_prompt", run_env)
     ex = Executor(mappings)
     results = ex.run(prompt)
     (image,) = saved_images(ex, prompt)
@@ -254,7 +393,7 @@ def test_old_photo_workflow_runs(mappings, run_env):
 
 
 def test_character_workflow_runs_a_mixed_size_batch_against_one_bank(mappings, run_env):
-    prompt = prompt_for("03_character_consistency_batch", run_env)
+    prompt = prompt_for("02_character_consistency_batch", run_env)
     ex = Executor(mappings)
     results = ex.run(prompt)
     images = saved_images(ex, prompt)
@@ -268,7 +407,7 @@ def test_character_workflow_runs_a_mixed_size_batch_against_one_bank(mappings, r
 
 
 def test_frames_workflow_keeps_face_numbers_and_restores_one_person(mappings, run_env):
-    prompt = prompt_for("04_video_frames_one_bank", run_env)
+    prompt = prompt_for("03_video_frames_one_bank", run_env)
     # the stand-in frames are a sharp photo, which automatic strength leaves as it is: restore fully
     prompt[node_of(prompt, "OneStepRestore")]["inputs"]["auto_strength"] = False
     ex = Executor(mappings)
@@ -298,7 +437,7 @@ def write_input(name: str, array: np.ndarray) -> str:
 def test_graph_without_faces_passes_the_image_through(mappings, run_env):
     gray = np.full((120, 160, 3), 128, np.uint8)
     gray[40:80, 60:100] = 90
-    prompt = prompt_for("02_old_photo_visual_prompt", run_env)
+    prompt = prompt_for("01_old_photo_visual_prompt", run_env)
     prompt[node_of(prompt, "LoadImage")]["inputs"]["image"] = write_input("no_face.png", gray)
     ex = Executor(mappings)
     results = ex.run(prompt)
@@ -308,7 +447,7 @@ def test_graph_without_faces_passes_the_image_through(mappings, run_env):
 
 
 def test_graph_with_an_empty_bank_stops_with_a_clear_error(pack, mappings, run_env):
-    prompt = prompt_for("04_video_frames_one_bank", run_env)
+    prompt = prompt_for("03_video_frames_one_bank", run_env)
     crop = node_of(prompt, "ImageCrop")
     blank = write_input("no_face_ref.png", np.full((464, 700, 3), 200, np.uint8))
     prompt["99"] = {"class_type": "LoadImage", "inputs": {"image": blank}, "_meta": {"title": "blank"}}
@@ -319,9 +458,9 @@ def test_graph_with_an_empty_bank_stops_with_a_clear_error(pack, mappings, run_e
 
 def test_graph_switching_restorer_recomputes_the_reference_cache(mappings, run_env):
     ex = Executor(mappings)
-    first = prompt_for("04_video_frames_one_bank", run_env, model=run_env["tiny"][0])
+    first = prompt_for("03_video_frames_one_bank", run_env, model=run_env["tiny"][0])
     ex.run(first)
-    second = prompt_for("04_video_frames_one_bank", run_env, model=run_env["tiny"][1])
+    second = prompt_for("03_video_frames_one_bank", run_env, model=run_env["tiny"][1])
     results = ex.run(second)
     restore = node_of(second, "OneStepRestore")
     assert restore in ex.executed and node_of(second, "OneStepReferenceBankFromImages") not in ex.executed
@@ -330,7 +469,7 @@ def test_graph_switching_restorer_recomputes_the_reference_cache(mappings, run_e
 
 
 def test_graph_with_invalid_widget_values_is_rejected(mappings, run_env):
-    prompt = prompt_for("02_old_photo_visual_prompt", run_env)
+    prompt = prompt_for("01_old_photo_visual_prompt", run_env)
     prompt[node_of(prompt, "OneStepRestore")]["inputs"]["mode"] = "sharpen"
     prompt[node_of(prompt, "OneStepPasteFacesBack")]["inputs"]["feather"] = 500.0
     del prompt[node_of(prompt, "OneStepDetectFaces")]["inputs"]["image"]
@@ -341,7 +480,7 @@ def test_graph_with_invalid_widget_values_is_rejected(mappings, run_env):
 
 
 def test_graph_cancelled_mid_run_raises_interrupt_and_resumes_from_cache(mappings, run_env):
-    prompt = prompt_for("04_video_frames_one_bank", run_env)
+    prompt = prompt_for("03_video_frames_one_bank", run_env)
     prompt[node_of(prompt, "OneStepRestore")]["inputs"]["batch_size"] = 1
     ex = Executor(mappings)
     seen = []
