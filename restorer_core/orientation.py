@@ -35,19 +35,24 @@ def box_to_original(box: Sequence[float], degrees: int, rotated_shape: Sequence[
 
 
 def restore_any_rotation(restore: Callable[[np.ndarray], object], pixels: np.ndarray,
-                         first: object, rotations: Sequence[int] = ROTATIONS) -> object:
-    """`first` (the upright ImageResult) when it found a face; else the first of `rotations`
-    whose restore(rotated pixels) finds a face, turned back (pixels, mask, face boxes, record
-    size) with `record.rotation` set; `first` again when no rotation finds one.
+                         first: object, rotations: Sequence[int] = ROTATIONS,
+                         confident: float = 0.7) -> object:
+    """`first` (the upright ImageResult) when it found a face the detector is confident of
+    (score >= `confident`, the first detection pass's threshold); else the first of `rotations`
+    whose restore(rotated pixels) finds a face scoring higher than any upright one, turned back
+    (pixels, mask, face boxes, record size) with `record.rotation` set; `first` when none does.
+    So a sideways face found only by the permissive second detection pass still gets the
+    rotation that shows it upright.
 
     restore: one image -> pipeline.ImageResult (e.g. a FaceRestorePipeline.restore_images call).
     """
-    if first.record.faces:
+    best_first = max((f.score for f in first.record.faces), default=0.0)
+    if best_first >= confident:
         return first
     for degrees in rotations:
         turned = rotate(pixels, degrees)
         result = restore(turned)
-        if not result.record.faces:
+        if max((f.score for f in result.record.faces), default=0.0) <= best_first:
             continue
         back = (360 - degrees) % 360
         result.pixels = rotate(result.pixels, back)
