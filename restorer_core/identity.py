@@ -158,8 +158,9 @@ def cosine_similarity(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor,
 
 
 @torch.no_grad()
-def embed_faces(model: IdentityEmbedder, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Embeddings [N, D] float32 of aligned crops [N, S, S, 3] (uint8, or float in 0..1)."""
+def embed_faces(model: nn.Module, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Embeddings [N, D] float32 of aligned crops [N, S, S, 3] (uint8, or float in 0..1), by any
+    embedder taking [B, 3, S, S] crops in 0..1 (IdentityEmbedder, face_id.FaceIdEmbedder)."""
     p = next(model.parameters())
     out = []
     for i in range(0, len(crops), batch_size):
@@ -167,7 +168,7 @@ def embed_faces(model: IdentityEmbedder, crops: np.ndarray, batch_size: int = 64
         x = torch.from_numpy(chunk.astype(np.float32) / (255.0 if chunk.dtype == np.uint8 else 1.0))
         x = x.permute(0, 3, 1, 2).to(p.device, p.dtype)
         out.append(model(x).float().cpu().numpy())
-    dim = model.config.embedding_dim
+    dim = getattr(model, "embedding_dim", None) or model.config.embedding_dim
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 

@@ -15,12 +15,13 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelNotFoundError
+from ..identity import cosine_similarity as similarity
+from ..identity import embed_faces as embed_crops
 from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, load_mobilefacenet, save_face_id
 from .warp import ARCFACE_TEMPLATE_112, ffhq_to_arcface_matrix, warp_ffhq_to_arcface
 
@@ -65,26 +66,3 @@ def load_face_id(
         )
     net = load_mobilefacenet(path)
     return FaceIdEmbedder(net).to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def similarity(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor, np.ndarray]):
-    """Pairwise cosine similarity of embeddings a [N, D] and b [M, D] -> [N, M] (type of a)."""
-    if isinstance(a, np.ndarray):
-        a2 = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-        b = np.asarray(b)
-        b2 = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-        return a2 @ b2.T
-    b = torch.as_tensor(b, device=a.device, dtype=a.dtype)
-    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
-
-
-@torch.no_grad()
-def embed_crops(model: FaceIdEmbedder, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Embeddings [N, D] float32 of FFHQ-aligned crops [N, S, S, 3] (uint8, or float in 0..1)."""
-    p = next(model.parameters())
-    out = []
-    for i in range(0, len(crops), batch_size):
-        chunk = np.asarray(crops[i:i + batch_size])
-        x = torch.from_numpy(chunk.astype(np.float32) / (255.0 if chunk.dtype == np.uint8 else 1.0))
-        out.append(model(x.permute(0, 3, 1, 2).to(p.device, p.dtype)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.embedding_dim), np.float32)
