@@ -144,6 +144,7 @@ class RestorationDataset(Dataset):
         self.items = cache.indices(split)
         if len(self.items) == 0:
             raise ValueError(f"the face cache has no {split!r} crops")
+        self.identities = np.unique(cache.identity[self.items])  # wrong-person references come from these
         self.epoch = 0
         self._draws = 0
 
@@ -157,17 +158,12 @@ class RestorationDataset(Dataset):
         self._draws += 1
         return np.random.default_rng([self.cfg.seed, self.epoch, torch.initial_seed(), idx, self._draws])
 
-    def _split_identities(self) -> np.ndarray:
-        if not hasattr(self, "_identities"):
-            self._identities = np.unique(self.cache.identity[self.items])
-        return self._identities
-
     def pick_references(self, target: int, rng: np.random.Generator, wrong: bool = False) -> np.ndarray:
         """0..max_refs other crops of the target's identity (0 with probability no_ref_prob);
         ``wrong``: crops of another identity of the same split instead."""
         own = int(self.cache.identity[target])
         if wrong:
-            ids = self._split_identities()
+            ids = self.identities
             other = int(ids[rng.integers(len(ids))])
             if other == own:
                 other = int(ids[(np.searchsorted(ids, own) + 1) % len(ids)])
