@@ -106,6 +106,16 @@ def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list
             reports[folder] = PreviousOutputs.read(folder)
         return reports[folder]
 
+    def keep(p: Path, siblings: list, into: list) -> None:
+        """p goes to `into`, or to `skipped` with the reason it is not an input."""
+        reason = own_output_reason(p, siblings, previous_in(p.parent))
+        if reason is None and looks_like_output(p) and not _is_image_file(p):
+            reason = "named like an output of this tool but not an image"
+        if reason is None:
+            into.append(p)
+        else:
+            skipped.append({"input": str(p), "reason": reason})
+
     given_by_folder: dict = {}  # files named one by one (a shell glob), by folder: the siblings to compare
     for spec in specs:
         if Path(spec).is_file():
@@ -115,28 +125,15 @@ def collect_inputs(specs: Sequence[str], skipped: Optional[list] = None) -> list
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                            and p.suffix.lower() in IMAGE_EXTENSIONS)
-            previous = previous_in(path)
-            kept = []
+            kept: list = []
             for p in found:
-                reason = own_output_reason(p, found, previous)
-                if reason is None and looks_like_output(p) and not _is_image_file(p):
-                    reason = "named like an output of this tool but not an image"
-                if reason is None:
-                    kept.append(p)
-                else:
-                    skipped.append({"input": str(p), "reason": reason})
+                keep(p, found, kept)
             if not kept:
                 what = "no images to restore" if found else "no images (PNG, JPEG, WEBP, BMP, TIFF)"
                 raise UsageError(f"folder {path} has {what}")
             out.extend(kept)
         elif path.is_file():
-            reason = own_output_reason(path, given_by_folder.get(path.parent, []), previous_in(path.parent))
-            if reason is None and looks_like_output(path) and not _is_image_file(path):
-                reason = "named like an output of this tool but not an image"
-            if reason is None:
-                out.append(path)
-            else:
-                skipped.append({"input": str(path), "reason": reason})
+            keep(path, given_by_folder.get(path.parent, []), out)
         else:
             raise UsageError(f"input not found: {path}")
     if not out:
