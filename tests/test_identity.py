@@ -25,7 +25,7 @@ from restorer_core.train.identity_train import (
     train,
     verification_metrics,
 )
-from restorer_core.train.losses import IdentityLoss
+from restorer_core.train.losses import IdentityLoss, IdentityLossConfig, random_views
 from restorer_core.train.prepare import PrepareConfig, encode_image, pack_cache, write_cache
 
 TINY = IdentityConfig(embedding_dim=16, input_size=32, stem_channels=8, stages=((16, 2, 1), (16, 2, 1), (32, 2, 1)),
@@ -165,3 +165,46 @@ def test_identity_loss_is_zero_for_identical_and_frozen():
     loss.backward()
     assert float(loss.detach()) > 0 and pred.grad is not None and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in loss_fn.embedder.parameters())
+
+
+def test_random_views_first_is_the_crop_and_others_move_it():
+    theta = random_views(3, 4, max_shift=0.04, max_zoom=0.06, generator=torch.Generator().manual_seed(1))
+    assert theta.shape == (12, 2, 3)
+    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert torch.equal(theta[:3], eye.expand(3, 2, 3))
+    moved = theta[3:]
+    assert not torch.allclose(moved, eye.expand(9, 2, 3))
+    # zoom within +-6 %, shift within +-4 % of the crop (grid units are half-crops), mirror allowed
+    assert (moved[:, 0, 0].abs() - 1).abs().max() <= 1 / 0.94 - 1 + 1e-6
+    assert moved[:, :, 2].abs().max() <= 0.08 + 1e-6
+
+
+def test_identity_loss_views_and_features_are_zero_only_for_the_same_face():
+    torch.manual_seed(0)
+    net = IdentityEmbedder(TINY)
+    loss_fn = IdentityLoss(net, IdentityLossConfig(views=3, features=True))
+    x = torch.rand(2, 3, 64, 64)
+    same = loss_fn.terms(x, x, generator=torch.Generator().manual_seed(0))
+    assert set(same) == {"identity", "identity_features"}
+    assert float(same["identity"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(same["identity_features"]) == pytest.approx(0.0, abs=1e-5)
+    pred = (x + 0.3 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    other = loss_fn.terms(pred, x, generator=torch.Generator().manual_seed(0))
+    assert other["identity"].item() > 1e-3 and other["identity_features"].item() > 1e-3
+    (other["identity"] + other["identity_features"]).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_identity_features_need_a_network_with_stages():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            return torch.nn.functional.normalize(self.lin(x.mean((2, 3))), dim=-1)
+
+    with pytest.raises(ValueError, match="face-perceptual"):
+        IdentityLoss(Plain(), IdentityLossConfig(features=True))
+    assert float(IdentityLoss(Plain())(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))) >= 0

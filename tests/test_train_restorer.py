@@ -26,10 +26,14 @@ def test_chunks_resume_from_the_checkpoint_and_export_a_loadable_restorer(tmp_pa
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # tensors only
     assert state["step"] == 1 and set(state) >= {"model", "ema", "opt"}
 
+    cfg.identity_views = 2  # the resumed chunk also trains the face-perceptual term
+    cfg.weights.identity_features = 0.5
     second = train(cfg)  # a new call resumes where the first stopped
     assert second["step"] == 2
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if "l1" in r] == [1, 2]
+    rows = [r for r in log if "l1" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "identity_features" not in rows[0] and rows[1]["identity_features"] > 0
 
     model = load_restorer(tmp_path / "run" / "restorer.safetensors")
     assert model.config.resolution == 64 and model.source.info["training"]["step"] == 2

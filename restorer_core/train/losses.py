@@ -1,4 +1,5 @@
-"""Training losses for the one-step restorer: pixel, SSIM, identity and landmark attention.
+"""Training losses for the one-step restorer: pixel, SSIM, identity (embedding and face-perceptual)
+and landmark attention.
 
 Images are [B, 3, H, W] in 0..1 unless said otherwise.
 
@@ -79,25 +80,110 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, **kw) -> torch.Tensor:
 # ----------------------------------------------------------------------------- identity
 
 
-class IdentityLoss(nn.Module):
-    """1 - cos(embedding(pred), embedding(target)) with a frozen IdentityEmbedder (always in eval mode)."""
+@dataclass(frozen=True)
+class IdentityLossConfig:
+    """How the output is compared with the target through a frozen face-ID network.
 
-    def __init__(self, embedder: Optional[IdentityEmbedder] = None):
+    views: the embeddings are compared under this many views of the pair (the first the crops as
+    they are, the others one random shift / zoom / mirror applied to both): an output that only
+    pleases the network at one exact framing gains little, which keeps the restorer from learning
+    the network's blind spots instead of the face (an ensemble over transformations).
+    max_shift / max_zoom: the views' largest shift (share of the crop) and zoom (relative).
+    features: also compare the network's intermediate activations (a face-perceptual loss; needs
+    a network with a `features` sequence, as IdentityEmbedder has).
+    """
+
+    views: int = 1
+    max_shift: float = 0.04
+    max_zoom: float = 0.06
+    features: bool = False
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise ValueError(f"views must be >= 1, got {self.views}")
+
+
+def random_views(batch: int, views: int, max_shift: float, max_zoom: float,
+                 device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[views * batch, 2, 3] affine_grid matrices: the identity for view 0, then random shift,
+    zoom and mirror per view and sample (the same matrix is applied to output and target)."""
+    theta = torch.zeros(views, batch, 2, 3)
+    theta[0, :, 0, 0] = theta[0, :, 1, 1] = 1.0
+    if views > 1:
+        n = (views - 1, batch)
+        zoom = 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * max_zoom
+        mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        theta[1:, :, 0, 0] = mirror / zoom
+        theta[1:, :, 1, 1] = 1.0 / zoom
+        theta[1:, :, :, 2] = (torch.rand(n + (2,), generator=generator) * 2 - 1) * 2 * max_shift
+    return theta.reshape(views * batch, 2, 3).to(device)
+
+
+def _stage_outputs(features: nn.Sequential, x: torch.Tensor) -> list:
+    """The activations of `features` at the end of each resolution (before every downsampling
+    and the last)."""
+    outs = []
+    for i, layer in enumerate(features):
+        y = layer(x)
+        if i > 0 and y.shape[-1] != x.shape[-1]:  # the input image itself is not a feature
+            outs.append(x)
+        x = y
+    outs.append(x)
+    return outs
+
+
+def feature_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of 1 - cosine between channel vectors (scale-free, 0..2)."""
+    return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=1, eps=1e-6)).mean()
+
+
+class IdentityLoss(nn.Module):
+    """Identity terms with a frozen face-ID network (always in eval mode): ``identity`` = 1 - cos
+    of the embeddings of output and target (averaged over views) and, with config.features,
+    ``identity_features`` = the face-perceptual distance of the network's stage activations."""
+
+    def __init__(self, embedder: Optional[nn.Module] = None, config: IdentityLossConfig = IdentityLossConfig()):
         super().__init__()
         self.embedder = embedder if embedder is not None else load_identity_embedder()
         self.embedder.eval().requires_grad_(False)
+        self.config = config
+        if config.features and not (hasattr(self.embedder, "features") and hasattr(self.embedder, "preprocess")):
+            raise ValueError(f"{type(self.embedder).__name__} has no `features`/`preprocess`: "
+                             "the face-perceptual loss needs an IdentityEmbedder")
 
     def train(self, mode: bool = True) -> "IdentityLoss":
         super().train(mode)
         self.embedder.eval()  # BatchNorm statistics stay frozen
         return self
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def terms(self, pred: torch.Tensor, target: torch.Tensor,
+              generator: Optional[torch.Generator] = None) -> dict:
+        c = self.config
         dtype = next(self.embedder.parameters()).dtype
+        pred, target = pred.to(dtype), target.to(dtype)
+        if c.views > 1:
+            theta = random_views(pred.shape[0], c.views, c.max_shift, c.max_zoom, pred.device, generator)
+            grid = F.affine_grid(theta.to(dtype), [theta.shape[0], *pred.shape[1:]], align_corners=False)
+
+            def view(x):
+                return F.grid_sample(x.repeat(c.views, 1, 1, 1), grid, mode="bilinear",
+                                     padding_mode="reflection", align_corners=False)
+
+            pred, target = view(pred), view(target)
         with torch.no_grad():
-            e_t = self.embedder(target.to(dtype))
-        e_p = self.embedder(pred.to(dtype))
-        return (1.0 - (e_p * e_t).sum(-1)).mean()
+            e_t = self.embedder(target)
+        e_p = self.embedder(pred)
+        out = {"identity": (1.0 - (e_p.float() * e_t.float()).sum(-1)).mean()}
+        if c.features:
+            e = self.embedder
+            with torch.no_grad():
+                f_t = _stage_outputs(e.features, e.preprocess(target))
+            f_p = _stage_outputs(e.features, e.preprocess(pred))
+            out["identity_features"] = sum(feature_distance(p, t) for p, t in zip(f_p, f_t)) / len(f_p)
+        return out
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.terms(pred, target)["identity"]
 
 
 # ----------------------------------------------------------------------------- landmark attention

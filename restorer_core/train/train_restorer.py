@@ -33,7 +33,7 @@ from ..models.restorer import OneStepRestorer
 from .dataset import FaceCache, RestorationDataset, TrainDataConfig, ValidationDataset, build_validation_set
 from .degrade import DegradationConfig
 from .gan import MultiScaleDiscriminator, d_hinge_loss, feature_matching_loss, g_hinge_loss
-from .losses import landmark_attention_loss, ssim, ssim_loss
+from .losses import IdentityLoss, IdentityLossConfig, landmark_attention_loss, ssim, ssim_loss
 
 
 @dataclass
@@ -41,6 +41,7 @@ class LossWeights:
     l1: float = 1.0
     ssim: float = 0.5
     identity: float = 1.0  # 1 - cos of the face-ID embeddings of the output and the target
+    identity_features: float = 0.0  # face-perceptual: the face-ID network's stage activations
     landmark: float = 0.1
     vq: float = 0.25
     adversarial: float = 0.05  # generator hinge loss against the patch discriminator
@@ -71,6 +72,7 @@ class TrainConfig:
     log_every: int = 50
     init: Optional[str] = None  # a project-format restorer to start from (new parts start fresh)
     ref_id_tokens: int = 4  # reference-identity channel width (0: no channel)
+    identity_views: int = 1  # identity loss averaged over this many shifted/zoomed/mirrored views
     d_lr: float = 2e-4
     gan_warmup_steps: int = 300  # adversarial weights ramp from 0 over these steps
     clean_prob: float = 0.08
@@ -116,7 +118,7 @@ def setup_distributed() -> tuple:
 class TrainStep(nn.Module):
     """One forward of the training objective, so DDP sees every parameter through `forward`."""
 
-    def __init__(self, model: OneStepRestorer, identity: Optional[nn.Module], cfg: TrainConfig,
+    def __init__(self, model: OneStepRestorer, identity: Optional[IdentityLoss], cfg: TrainConfig,
                  discriminator: Optional[nn.Module] = None):
         super().__init__()
         self.model = model
@@ -151,11 +153,8 @@ class TrainStep(nn.Module):
         with torch.autocast(out.device.type, enabled=False):
             out, hq = out.float(), hq.float()
             losses = {"l1": F.l1_loss(out, hq), "ssim": ssim_loss(out, hq), "vq": vq_loss.float()}
-            if self.identity is not None and w.identity > 0:
-                with torch.no_grad():
-                    e_t = self.identity(hq)
-                e_p = self.identity(out)
-                losses["identity"] = (1 - (e_p.float() * e_t.float()).sum(-1)).mean()
+            if self.identity is not None:
+                losses.update(self.identity.terms(out, hq))
             if queries:
                 losses["landmark"] = landmark_attention_loss(
                     [q.float() for q in queries], [k.float() for k in keys], batch["landmarks"],
@@ -249,7 +248,7 @@ def train(cfg: TrainConfig) -> dict:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
 
     identity = None
-    if cfg.weights.identity > 0:
+    if cfg.weights.identity > 0 or cfg.weights.identity_features > 0:
         if model.face_id is not None and not cfg.identity_weights:
             identity = model.face_id  # the channel's own frozen network
         else:
@@ -280,7 +279,9 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             print(f"resumed from {ckpt_path} at step {step} ({elapsed_total / 60:.1f} min trained)")
 
-    step_fn = TrainStep(model, identity, cfg, disc)
+    identity_loss = None if identity is None else IdentityLoss(
+        identity, IdentityLossConfig(views=cfg.identity_views, features=cfg.weights.identity_features > 0))
+    step_fn = TrainStep(model, identity_loss, cfg, disc)
     disc_step = disc
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -409,6 +410,8 @@ def main(argv=None) -> None:
     p.add_argument("--ref-id-tokens", type=int, default=TrainConfig.ref_id_tokens)
     p.add_argument("--face-id-network", default=TrainConfig.face_id_network,
                    choices=("identity_embedder", "mobilefacenet"))
+    p.add_argument("--identity-views", type=int, default=TrainConfig.identity_views,
+                   help="average the identity loss over this many shifted/zoomed/mirrored views")
     p.add_argument("--d-lr", type=float, default=TrainConfig.d_lr)
     p.add_argument("--gan-warmup-steps", type=int, default=TrainConfig.gan_warmup_steps)
     p.add_argument("--clean-prob", type=float, default=TrainConfig.clean_prob)
