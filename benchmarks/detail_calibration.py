@@ -2,12 +2,16 @@
 """Calibrate the do-no-harm detail measure (restorer_core/detail.py) on training people's photos.
 
 Whole photos of people in the face cache's *training* split (never the validation people) from
-$SHARED_DIR/data/faces, clean and degraded with `degrade_fixed` at x2, x4, x8 and x16 (the whole
-photo, resized back to its size), go through the pipeline's own detection and alignment (YuNet,
-512 px crops); the largest, most central face of each is measured. Prints, per condition, the
-quantiles of `detail`, of the face's native size and of the automatic strength, so the constants
-`sharp` (strength 0) and `blurred` (strength 1) of DetailConfig can be read off: `sharp` near the
-clean photos' lower quantiles, `blurred` above most x4-degraded ones.
+$SHARED_DIR/data/faces, clean; degraded with `degrade_fixed` at x2, x4, x8 and x16 (the whole
+photo, resized back to its size); and with the degradations of old photos at the photo's own
+resolution (restorer_core.train.degrade steps, sizes in px of a 256 px photo): `noise` (Gaussian
+noise sigma 4-10/255 on a sharp photo), `jpeg` (quality 15-35), `grain+blur` (blur sigma 1-2.5,
+noise 4-10/255, JPEG 40-75: a soft face under grain). They go through the pipeline's own
+detection and alignment (YuNet, 512 px crops); the largest, most central face of each is measured.
+Prints, per condition, the quantiles of `detail`, `noise` and the effective detail, the face's
+native size and the automatic strength, and the constants they suggest: `sharp` = the clean
+photos' 10 % quantile of the effective detail (so ~90 % of clean photos get strength 0),
+`blurred` = the x2 photos' 75 % quantile.
 
     python benchmarks/detail_calibration.py --data .traindata/faces128.npz --photos 200 [--write]
 """
@@ -31,14 +35,34 @@ import numpy as np  # noqa: E402
 
 from restorer_core.align import align_face  # noqa: E402
 from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.detail import DEFAULT_DETAIL, estimate_detail  # noqa: E402
+from restorer_core.detail import DEFAULT_DETAIL, DetailConfig, estimate_detail  # noqa: E402
 from restorer_core.detect import create_detector  # noqa: E402
-from restorer_core.train.degrade import degrade_fixed  # noqa: E402
+from restorer_core.train.degrade import DegradationConfig, degrade, degrade_fixed  # noqa: E402
 from restorer_core.train.prepare import SPLIT_TRAIN, face_priority  # noqa: E402
 
 RESULTS_MD = HERE / "results" / "detail_calibration.md"
-CONDITIONS = ("clean", "x2", "x4", "x8", "x16")
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+# the measure before the noise term: the noise-discounted band ratio alone (same sharp / blurred)
+BEFORE = DetailConfig(noise_weight=0.0, noise_check=1.0)
+_OFF = dict(base_size=256, blur_prob=0.0, motion_prob=0.0, anisotropic_prob=0.0, downsample_prob=0.0,
+            gaussian_noise_prob=0.0, poisson_noise_prob=0.0, jpeg_prob=0.0, shuffle_prob=0.0)
+OLD_PHOTO = {  # degradations at the photo's own resolution, as old scans and phone photos have them
+    "noise": DegradationConfig(**{**_OFF, "gaussian_noise_prob": 1.0, "gaussian_sigma": (4.0, 10.0),
+                                  "gray_noise_prob": 0.5}),
+    "jpeg": DegradationConfig(**{**_OFF, "jpeg_prob": 1.0, "jpeg_quality": (15, 35)}),
+    "grain+blur": DegradationConfig(**{**_OFF, "blur_prob": 1.0, "blur_sigma": (1.0, 2.5),
+                                       "gaussian_noise_prob": 1.0, "gaussian_sigma": (4.0, 10.0),
+                                       "gray_noise_prob": 0.5, "jpeg_prob": 1.0, "jpeg_quality": (40, 75)}),
+}
+CONDITIONS = ("clean", "x2", "x4", "x8", "x16") + tuple(OLD_PHOTO)
+
+
+def degraded(clean: np.ndarray, cond: str, seed: int) -> np.ndarray:
+    if cond == "clean":
+        return clean
+    if cond in OLD_PHOTO:
+        return degrade(clean, np.random.default_rng(seed), OLD_PHOTO[cond])
+    return degrade_fixed(clean, int(cond[1:]), seed)
 
 
 def shared_dir() -> Path:
@@ -64,7 +88,8 @@ def main_face(rgb: np.ndarray, detector) -> Optional[object]:
 
 
 def measure(paths: Sequence[Path], resolution: int, seed: int) -> dict:
-    """{condition: list of (detail, native_px, strength)}; a photo without a detected face is skipped."""
+    """{condition: list of (detail, noise, effective, native_px, strength, strength before)}; a photo
+    without a detected face is skipped."""
     detector = create_detector("yunet")
     out: dict = {c: [] for c in CONDITIONS}
     for k, path in enumerate(paths):
@@ -73,35 +98,57 @@ def measure(paths: Sequence[Path], resolution: int, seed: int) -> dict:
             continue
         clean = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         for cond in CONDITIONS:
-            img = clean if cond == "clean" else degrade_fixed(clean, int(cond[1:]), seed + k)
+            img = degraded(clean, cond, seed + k)
             det = main_face(img, detector)
             if det is None:
                 continue
             face = align_face(img, det, 512)
             est = estimate_detail(face.crop, face.matrix, resolution)
-            out[cond].append((est.detail, est.native_px, est.strength))
+            old = estimate_detail(face.crop, face.matrix, resolution, BEFORE)
+            out[cond].append((est.detail, est.noise, est.effective, est.native_px, est.strength, old.strength))
     return out
+
+
+def _q(values: np.ndarray) -> str:
+    return " / ".join(f"{v:.3f}" for v in np.quantile(values, (0.1, 0.5, 0.9)))
 
 
 def markdown(res: dict, args: argparse.Namespace, seconds: float) -> str:
     cfg = DEFAULT_DETAIL
     lines = ["# Do-no-harm detail measure: calibration", "",
              f"{args.photos} photos of training-split people (face cache `{args.data}`, seed {args.seed}), "
-             f"clean and degraded with `degrade_fixed` (whole photo), YuNet + 512 px alignment, restorer "
-             f"resolution {args.resolution} px. DetailConfig: sharp {cfg.sharp}, blurred {cfg.blurred}, "
-             f"full_below {cfg.full_below}. Measured on the 2-core CPU dev machine in {seconds:.0f} s.", "",
-             "| condition | faces | " + " | ".join(f"detail q{int(q * 100)}" for q in QUANTILES)
-             + " | native px median | strength mean | strength = 0 | strength ≥ 0.9 |",
-             "|---" * (len(QUANTILES) + 6) + "|"]
+             f"clean, degraded with `degrade_fixed` (whole photo, x2-x16) and with old-photo degradations at "
+             f"the photo's resolution (`noise`: Gaussian sigma 4-10/255; `jpeg`: quality 15-35; `grain+blur`: "
+             f"blur sigma 1-2.5 px of a 256 px photo, noise 4-10/255, JPEG 40-75), YuNet + 512 px alignment, "
+             f"restorer resolution {args.resolution} px. DetailConfig: sharp {cfg.sharp}, blurred {cfg.blurred}, "
+             f"noise_free {cfg.noise_free}, noise_weight {cfg.noise_weight}, noise_check {cfg.noise_check}, "
+             f"full_below {cfg.full_below}. "
+             f"Measured on the 2-core CPU dev machine in {seconds:.0f} s.", "",
+             "Effective detail = detail - noise_weight * max(noise - noise_free, 0); strength = max(size term, "
+             "smoothstep of the effective detail between `sharp` and `blurred`). \"before\": the same faces with "
+             "the measure before the noise term (DetailConfig(noise_weight=0, noise_check=1)).", "",
+             "| condition | faces | detail q10 / q50 / q90 | noise q10 / q50 / q90 | "
+             + " | ".join(f"effective q{int(q * 100)}" for q in QUANTILES)
+             + " | native px median | strength mean | strength = 0 | strength ≥ 0.9 "
+             "| before: strength mean | before: = 0 | before: ≥ 0.9 |",
+             "|---" * (len(QUANTILES) + 11) + "|"]
     for cond in CONDITIONS:
-        rows = np.array(res[cond], np.float64).reshape(-1, 3)
+        rows = np.array(res[cond], np.float64).reshape(-1, 6)
         if not len(rows):
-            lines.append(f"| {cond} | 0 |" + " |" * (len(QUANTILES) + 4))
+            lines.append(f"| {cond} | 0 |" + " |" * (len(QUANTILES) + 9))
             continue
-        qs = np.quantile(rows[:, 0], QUANTILES)
-        lines.append(f"| {cond} | {len(rows)} | " + " | ".join(f"{q:.3f}" for q in qs)
-                     + f" | {np.median(rows[:, 1]):.0f} | {rows[:, 2].mean():.2f} | {np.mean(rows[:, 2] == 0):.0%} "
-                     f"| {np.mean(rows[:, 2] >= 0.9):.0%} |")
+        qs = np.quantile(rows[:, 2], QUANTILES)
+        lines.append(f"| {cond} | {len(rows)} | {_q(rows[:, 0])} | {_q(rows[:, 1])} | "
+                     + " | ".join(f"{q:.3f}" for q in qs)
+                     + f" | {np.median(rows[:, 3]):.0f} | {rows[:, 4].mean():.2f} | {np.mean(rows[:, 4] == 0):.0%} "
+                     f"| {np.mean(rows[:, 4] >= 0.9):.0%} | {rows[:, 5].mean():.2f} | {np.mean(rows[:, 5] == 0):.0%} "
+                     f"| {np.mean(rows[:, 5] >= 0.9):.0%} |")
+    if res["clean"] and res["x2"]:
+        sharp = np.quantile(np.array(res["clean"])[:, 2], 0.10)
+        blurred = np.quantile(np.array(res["x2"])[:, 2], 0.75)
+        lines += ["", f"Suggested: sharp = clean effective q10 = {sharp:.3f}, blurred = x2 effective q75 = "
+                      f"{blurred:.3f}; noise_free ≈ the clean photos' noise q90 = "
+                      f"{np.quantile(np.array(res['clean'])[:, 1], 0.90):.3f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -161,7 +161,11 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
         # CUDA graphs live for one node run: their memory pool is invisible to ComfyUI's memory
         # manager, which may offload this model to make room for the next one.
         handle.pipeline.release_graphs()
-    lines.append(f"restored {len(restored)} face(s) with {handle.describe()}; conditioning: {cond.describe()}")
+    kept = sorted({f.info["kept"] for f in restored if f.info.get("kept")})
+    n_kept = sum(1 for f in restored if f.info.get("kept"))
+    kept_text = f", kept {n_kept} as they were ({'; '.join(kept)})" if n_kept else ""
+    lines.append(f"restored {len(restored) - n_kept} face(s){kept_text} with {handle.describe()}; "
+                 f"conditioning: {cond.describe()}")
     lines.append(f"why: {cond.reason}")
     info = handle.pipeline.last_cache_info if cond.use_references else None
     if info is not None:
@@ -187,17 +191,20 @@ def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig) -> tuple[tor
     bar = cb.Progress(len(frames))
     for i, frame in enumerate(frames):
         cb.check_interrupt()
-        done = [f for f in faces.for_image(i) if f.restored is not None]
+        done = [f for f in faces.for_image(i) if f.restored is not None and not f.info.get("kept")]
         if done:
             out, mask = paste_faces(frame, done, config)
         else:
             out, mask = frame, np.zeros(frame.shape[:2], np.float32)
-            lines.append(f"image {i}: no restored face, unchanged.")
+            kept = sum(1 for f in faces.for_image(i) if f.info.get("kept"))
+            lines.append(f"image {i}: every face kept as it was, unchanged." if kept
+                         else f"image {i}: no restored face, unchanged.")
         outs.append(out)
         masks.append(mask)
         bar(i + 1, len(frames))
     if not faces.restored_count:
-        msg = "no restored faces to paste: the images pass through unchanged."
+        msg = ("no restored faces to paste: the images pass through unchanged"
+               + (f" ({faces.kept_count} face(s) kept as they were)." if faces.kept_count else "."))
         log(msg)
         return image, to_mask(masks), [msg]
     return to_image(outs, image), to_mask(masks), lines

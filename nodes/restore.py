@@ -50,9 +50,9 @@ def restore_inputs() -> dict:
 def optional_restore_inputs() -> dict:
     """Optional widgets (after the required ones, so saved workflows keep their widget order)."""
     return {"auto_strength": ("BOOLEAN", {"default": True, "label_on": "auto (do no harm)", "label_off": "manual",
-                              "tooltip": "On (default): each face's strength comes from the detail it already "
-                                         "has at the restorer's resolution: sharp or large faces are left "
-                                         "almost (or exactly) as they are, blurred or small ones are fully "
+                              "tooltip": "On (default): each face's strength comes from the detail (and the "
+                                         "noise) it has at the restorer's resolution: sharp or large faces are "
+                                         "kept exactly as they are, blurred, grainy or small ones are fully "
                                          "restored; the report lists each face's strength. Off: the strength "
                                          "value is used for every face."})}
 
@@ -67,15 +67,16 @@ def make_options(mode: str, max_refs: int, strength: float, seed: int, batch_siz
 
 
 def strength_lines(faces: FaceSet) -> list:
-    """One report line with the strength each restored face got (and why, for auto)."""
+    """One report line with the strength each face got (and why, for auto); strength 0 = kept."""
     parts = []
     for f in faces.faces:
         s = f.info.get("strength")
         if s is None:
             continue
         d = f.info.get("detail")
-        why = f" (detail {d['detail']:.2f}, {d['native_px']:.0f} px)" if d else ""
-        parts.append(f"face {f.image_index}/{f.face_index}: {s:.2f}{why}")
+        why = f" (detail {d['detail']:.2f}, noise {d['noise']:.2f}, {d['native_px']:.0f} px)" if d else ""
+        kept = " kept: already sharp" if f.info.get("kept") and d else (" kept" if f.info.get("kept") else "")
+        parts.append(f"face {f.image_index}/{f.face_index}: {s:.2f}{kept}{why}")
     return ["strength per face (image/face): " + ", ".join(parts)] if parts else []
 
 

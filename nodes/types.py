@@ -86,7 +86,13 @@ class FaceSet:
 
     @property
     def restored_count(self) -> int:
-        return sum(1 for f in self.faces if f.restored is not None)
+        """Faces the restorer changed (a face kept at strength 0 is not one)."""
+        return sum(1 for f in self.faces if f.restored is not None and not f.info.get("kept"))
+
+    @property
+    def kept_count(self) -> int:
+        """Faces left exactly as they were (strength 0: automatic, already sharp, or manual)."""
+        return sum(1 for f in self.faces if f.restored is not None and f.info.get("kept"))
 
     def with_faces(self, faces: list, note: Optional[str] = None) -> "FaceSet":
         notes = list(self.notes) + ([note] if note else [])

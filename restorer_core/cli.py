@@ -662,9 +662,15 @@ def summarize(report: "RunReport", report_path: Optional[Path]) -> int:
     the report could not be written: report_path None)."""
     totals = report.totals()
     done = f", {totals['images_done_before']} done by an earlier run" if totals["images_done_before"] else ""
+    kept = ""
+    if totals["faces_kept"]:
+        from .detail import AUTO
+
+        why = "already sharp" if str(report.settings.get("strength", AUTO)).strip().lower() == AUTO else "strength 0"
+        kept = f", {totals['faces_kept']} kept as they were ({why})"
     print(f"{totals['images']} image(s): {totals['images_restored']} restored, "
-          f"{totals['images_unchanged']} unchanged (no face selected), {totals['images_failed']} failed{done}; "
-          f"{totals['faces_restored']} face(s) restored. Report: {report_path or 'NOT WRITTEN (see above)'}",
+          f"{totals['images_unchanged']} unchanged (no face restored), {totals['images_failed']} failed{done}; "
+          f"{totals['faces_restored']} face(s) restored{kept}. Report: {report_path or 'NOT WRITTEN (see above)'}",
           file=sys.stderr)
     for im in report.images:
         if im.status == "failed":
@@ -869,9 +875,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feather", type=float, default=24.0, help="mask softening, px of a 512 crop")
     r.add_argument("--erosion", type=float, default=8.0, help="mask shrink, px of a 512 crop")
     r.add_argument("--strength", default="auto",
-                   help="auto (default): per face, from the detail it already has (sharp or large faces are "
-                        "left almost as they are, blurred or small ones fully restored; the report lists "
-                        "each face's strength); or a number: 0 keeps the input face, 1 the restored one")
+                   help="auto (default): per face, from the detail and noise it has (sharp or large faces are "
+                        "kept exactly as they are, blurred, grainy or small ones fully restored; the report "
+                        "lists each face's strength, and kept faces as 'kept'); or a number: 0 keeps the "
+                        "input face, 1 the restored one")
     r.add_argument("--crop-size", type=int, default=None,
                    help="aligned crop size (default: max(model resolution, 512))")
     r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from .conditioning import Capabilities, Conditioning, decide
-from .detail import AUTO, check_strength, face_strength
+from .detail import AUTO, check_strength, face_strength, kept_reason
 from .errors import CancelledError
 from .options import SPEEDS
 from .faces import AlignedFace
 from .identity import IdentityScorer
 from .paste import PasteConfig, paste_faces
 from .reference_cache import ReferenceCache
-from .report import RESTORED, UNCHANGED, FaceRecord, ImageRecord
+from .report import KEPT, RESTORED, UNCHANGED, FaceRecord, ImageRecord
 from .select import FaceSelection
 
 if TYPE_CHECKING:
@@ -250,7 +250,8 @@ class FaceRestorePipeline:
                       should_cancel: Optional[CancelFn] = None, refs: Any = None) -> list:
         """Restore aligned faces in batches; returns new AlignedFaces (sorted by image, then
         face index) whose `.restored` is at their crop size, blended with `strength`; each face's
-        info carries the strength used (and, for "auto", the detail estimate behind it).
+        info carries the strength used (and, for "auto", the detail estimate behind it). A face at
+        strength 0 skips the restorer: `.restored` is its input crop and info["kept"] says why.
 
         Raises CancelledError when should_cancel() is true before a batch.
         """
@@ -271,23 +272,34 @@ class FaceRestorePipeline:
                                      "for the unfinished images")
             chunk = ordered[start:start + options.batch_size]
             t0 = time.perf_counter()
-            batch = np.stack([resize_square(f.crop, res) for f in chunk])
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device, self.dtype)
-            generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in chunk]
-            with torch.inference_mode():
-                y = self.runner(x, refs, options.mode, generator=generators)
-            y = y.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+            decided = [face_strength(options.strength, f.crop, f.matrix, res) for f in chunk]
+            work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
+            outputs = {}
+            if work:
+                batch = np.stack([resize_square(chunk[k].crop, res) for k in work])
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device, self.dtype)
+                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in work]
+                with torch.inference_mode():
+                    y = self.runner(x, refs, options.mode, generator=generators)
+                y = y.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+                outputs = dict(zip(work, y))
             share = (time.perf_counter() - t0) / len(chunk)
-            for face, restored in zip(chunk, y):
-                restored = resize_square(restored, face.crop_size)
-                if options.detail_transfer and face.crop_size > res:
-                    restored = transfer_detail(restored, face.crop, res)
-                strength, estimate = face_strength(options.strength, face.crop, face.matrix, res)
-                if strength < 1.0:
-                    crop = face.crop.astype(np.float32)
-                    restored = crop + np.float32(strength) * (restored - crop)
+            for k, face in enumerate(chunk):
+                strength, estimate = decided[k]
+                kept = kept_reason(strength, estimate)
+                if kept:  # strength 0: the input face exactly, no restorer pass
+                    restored = face.crop.astype(np.float32)
+                else:
+                    restored = resize_square(outputs[k], face.crop_size)
+                    if options.detail_transfer and face.crop_size > res:
+                        restored = transfer_detail(restored, face.crop, res)
+                    if strength < 1.0:
+                        crop = face.crop.astype(np.float32)
+                        restored = crop + np.float32(strength) * (restored - crop)
                 new = face.with_restored(restored.astype(np.float32))
                 new.info["strength"] = strength
+                if kept:
+                    new.info["kept"] = kept
                 if estimate is not None:
                     new.info["detail"] = estimate.to_dict()
                 new.info["restore_seconds"] = share
@@ -347,26 +359,32 @@ class FaceRestorePipeline:
             arr, record, faces = np.asarray(pixels), records[i], by_image.get(i, [])
             self._annotate(record, faces, bank)
             t0 = time.perf_counter()
-            if faces:
-                out, mask = paste_faces(arr, faces, options.paste)
+            changed = [f for f in faces if not f.info.get("kept")]
+            if changed:
+                out, mask = paste_faces(arr, changed, options.paste)
                 record.status = RESTORED
             else:
                 out, mask = arr, np.zeros(arr.shape[:2], np.float32)
                 record.status = UNCHANGED
-                record.note = (f"no face selected ({record.faces_skipped} skipped); passed through unchanged"
-                               if record.faces else "no face found; passed through unchanged")
+                if faces:
+                    reasons = sorted({f.info["kept"] for f in faces})
+                    record.note = f"{len(faces)} face(s) kept: {'; '.join(reasons)}; passed through unchanged"
+                else:
+                    record.note = (f"no face selected ({record.faces_skipped} skipped); passed through unchanged"
+                                   if record.faces else "no face found; passed through unchanged")
             record.add_time("paste", time.perf_counter() - t0)
             results.append(ImageResult(out, mask, faces, record))
         return results
 
     def _annotate(self, record: ImageRecord, faces: list, bank: Any) -> None:
-        """Mark restored faces in the record, with their restore time and identity similarity."""
+        """Mark restored (or kept) faces in the record, with their restore time and identity similarity."""
         after = self.similarity([f.restored for f in faces], bank) if faces else None
         before = self.similarity([f.crop for f in faces], bank) if after is not None else None
         by_index = {f.index: f for f in record.faces}
         for k, face in enumerate(faces):
             rec = by_index[face.face_index]
-            rec.status = "restored"
+            kept = face.info.get("kept", "")
+            rec.status, rec.reason = (KEPT, kept) if kept else ("restored", "")
             rec.strength = face.info.get("strength")
             record.add_time("restore", face.info.get("restore_seconds", 0.0))
             if after is not None:

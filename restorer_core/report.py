@@ -16,11 +16,14 @@ REPORT_FORMAT = "onestep-face-restore/report/1"
 
 # image statuses
 RESTORED = "restored"      # at least one face restored and pasted back
-UNCHANGED = "unchanged"    # no face (or none selected): copied through as is
+UNCHANGED = "unchanged"    # no face restored (none found, selected, or all kept): copied through as is
 FAILED = "failed"          # could not be read, restored or written
 CANCELLED = "cancelled"    # the run stopped before this image was written
 DONE = "done"              # an earlier run already wrote this input's output (resume); kept as is
 PENDING = "pending"
+
+# face statuses besides "restored" and "skipped"
+KEPT = "kept"              # left exactly as it was: strength 0 (automatic: already sharp), not pasted
 
 
 def _round(value: Optional[float], digits: int = 4) -> Optional[float]:
@@ -30,7 +33,7 @@ def _round(value: Optional[float], digits: int = 4) -> Optional[float]:
 @dataclass
 class FaceRecord:
     """One detected face: left-to-right index, box [x0, y0, x1, y1], detector score, size in
-    px, status ("restored" | "skipped"), the reason when skipped, and identity similarity to
+    px, status ("restored" | "kept" | "skipped"), the reason when kept or skipped, and identity similarity to
     the reference bank before/after restoration when an identity embedder is available, and the
     restoration strength used (the automatic one, or the manual value)."""
 
@@ -81,6 +84,10 @@ class ImageRecord:
         return sum(1 for f in self.faces if f.status == "restored")
 
     @property
+    def faces_kept(self) -> int:
+        return sum(1 for f in self.faces if f.status == KEPT)
+
+    @property
     def faces_skipped(self) -> int:
         return sum(1 for f in self.faces if f.status == "skipped")
 
@@ -96,6 +103,7 @@ class ImageRecord:
             "height": self.height,
             "faces_found": self.faces_found,
             "faces_restored": self.faces_restored,
+            "faces_kept": self.faces_kept,
             "faces_skipped": self.faces_skipped,
             "faces": [f.to_dict() for f in sorted(self.faces, key=lambda f: f.index)],
             "error": self.error,
@@ -138,6 +146,7 @@ class RunReport:
             "images_done_before": by_status.get(DONE, 0),
             "faces_found": sum(im.faces_found for im in self.images),
             "faces_restored": sum(im.faces_restored for im in self.images),
+            "faces_kept": sum(im.faces_kept for im in self.images),
             "faces_skipped": sum(im.faces_skipped for im in self.images),
             "seconds": round((self.finished or time.time()) - self.started, 3),
         }

@@ -150,7 +150,8 @@ def test_failed_image_gives_exit_code_1_and_others_still_written(photos, model_f
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
-    assert _restore([broken, photos["portrait"]], out, model_file, "--report", str(tmp_path / "r.json")) == 1
+    assert _restore([broken, photos["portrait"]], out, model_file, "--report", str(tmp_path / "r.json"),
+                    "--strength", "1") == 1  # restored (auto would keep this sharp face as it is)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["status"] == "failed"
     statuses = {Path(im["input"]).name: im["status"] for im in report["images"]}
@@ -175,7 +176,7 @@ def test_cancel_mid_run_leaves_no_partial_output(photos, model_file, tmp_path):
 
     settings = RunSettings(out, report_path=tmp_path / "r.json", images_per_chunk=1, show_progress=False)
     with pytest.raises(CancelledError):
-        run_restore([photos["portrait"], photos["group"]], pipeline, None, RestoreOptions(batch_size=1),
+        run_restore([photos["portrait"], photos["group"]], pipeline, None, RestoreOptions(batch_size=1, strength=1.0),
                     settings, should_cancel=should_cancel)
     assert sorted(p.name for p in out.iterdir()) == ["portrait_restored.png"]  # no partial group output
     report = json.loads((tmp_path / "r.json").read_text())

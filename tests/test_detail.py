@@ -12,9 +12,13 @@ import torch
 from tiny_models import tiny_config
 from restorer_core.detail import (
     AUTO,
+    KEPT_MANUAL,
+    KEPT_SHARP,
     DetailConfig,
+    band_measures,
     check_strength,
     detail_measure,
+    effective_detail,
     estimate_detail,
     native_size,
 )
@@ -84,6 +88,37 @@ def test_noise_on_a_blurred_face_is_not_counted_as_detail():
     assert detail_measure(noisy, 128, raw) > 2.0 * detail_measure(blurred, 128, raw)  # what the discount removes
 
 
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # a 128 px crop of a 128 px face
+
+
+def test_noise_and_blur_are_told_apart_and_both_restore_a_sharp_face():
+    """Noise alone keeps `detail` (it is not read as blur) but raises `noise`; blur alone lowers
+    `detail` without raising `noise`; either, and both together, restore the face."""
+    rng = np.random.default_rng(2)
+    sharp = _texture()
+    noisy = np.clip(sharp + rng.normal(0, 0.03, (128, 128, 1)), 0, 1).astype(np.float32)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 2.0)
+    both = np.clip(cv2.GaussianBlur(sharp, (0, 0), 1.2) + rng.normal(0, 0.03, (128, 128, 1)), 0, 1).astype(np.float32)
+    (d_s, n_s), (d_n, n_n), (d_b, n_b) = (band_measures(x, 128) for x in (sharp, noisy, blurred))
+    assert d_n > 0.7 * d_s and n_n > 5 * n_s  # noise: detail kept, noise seen
+    assert d_b < 0.3 * d_s and n_b < 0.3 * n_n  # blur: detail lost, no noise seen
+    assert estimate_detail(sharp, IDENTITY, 128).strength == 0.0
+    for degraded in (noisy, blurred, both):
+        est = estimate_detail(degraded, IDENTITY, 128)
+        assert est.size_term == 0.0 and est.strength == 1.0
+    assert estimate_detail(both, IDENTITY, 128).effective < estimate_detail(blurred, IDENTITY, 128).effective
+
+
+def test_effective_detail_only_discounts_noise_beyond_clean_photos():
+    cfg = DetailConfig(noise_free=0.3, noise_weight=2.0)
+    assert effective_detail(0.4, 0.25, cfg) == 0.4  # clean photos' noise costs nothing
+    assert effective_detail(0.4, 0.4, cfg) == pytest.approx(0.2)
+    assert effective_detail(0.4, 0.4, DetailConfig(noise_weight=0.0)) == 0.4
+    for bad in (dict(noise_weight=-1.0), dict(noise_free=-0.1), dict(sharp=0.1, blurred=0.2)):
+        with pytest.raises(ValueError):
+            DetailConfig(**bad)
+
+
 def test_native_size_and_small_faces_get_full_strength():
     crop = _texture(512)
     zoom = np.array([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])  # 128 image px -> 512 crop px
@@ -108,18 +143,67 @@ def test_strength_setting_is_checked():
 # ----------------------------------------------------------------------------- through the pipeline
 
 
-def test_clean_sharp_face_comes_out_as_it_went_in(pipeline, clean_photo):
+def test_clean_sharp_face_is_kept_exactly(pipeline, clean_photo):
     out, _, report = pipeline.restore_image(clean_photo)
     faces = report["faces"]
-    assert faces and all(f["status"] == "restored" for f in faces)
-    assert max(f["strength"] for f in faces) <= 0.05
-    diff = np.abs(out.astype(int) - clean_photo.astype(int))
-    assert diff.max() <= 2 and diff.mean() < 0.05
-    assert _delta_e(out, clean_photo) < 0.1
+    assert faces and all(f["status"] == "kept" and f["reason"] == KEPT_SHARP for f in faces)
+    assert all(f["strength"] == 0.0 for f in faces)
+    assert report["faces_kept"] == len(faces) and report["faces_restored"] == 0
+    assert report["status"] == "unchanged" and "kept" in report["note"]
+    np.testing.assert_array_equal(out, clean_photo)  # not even resampled by paste-back
     # the manual override restores the same face fully, which does change it
     full, _, report_full = pipeline.restore_image(clean_photo, options=RestoreOptions(strength=1.0))
     assert [f["strength"] for f in report_full["faces"]] == [1.0] * len(faces)
-    assert np.abs(full.astype(int) - clean_photo.astype(int)).mean() > 10 * diff.mean() + 0.1
+    assert report_full["faces_restored"] == len(faces) and report_full["status"] == "restored"
+    assert np.abs(full.astype(int) - clean_photo.astype(int)).mean() > 0.1
+    # a manual 0 keeps it too, with its own reason
+    _, _, report_zero = pipeline.restore_image(clean_photo, options=RestoreOptions(strength=0.0))
+    assert [f["reason"] for f in report_zero["faces"]] == [KEPT_MANUAL] * len(faces)
+
+
+def _old_photo(rgb8: np.ndarray, blur: float, noise: float, quality: int, seed: int = 0) -> np.ndarray:
+    """Blur and grain at the photo's own resolution, then JPEG: an old scan of a sharp photo."""
+    x = cv2.GaussianBlur(rgb8.astype(np.float32), (0, 0), blur) if blur else rgb8.astype(np.float32)
+    x = x + np.random.default_rng(seed).normal(0.0, noise, x.shape)
+    x = np.clip(x, 0, 255).round().astype(np.uint8)
+    if quality:
+        ok, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        x = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return x
+
+
+def _estimates(pipeline, rgb8: np.ndarray) -> list:
+    faces, _ = pipeline.locate(rgb8, RestoreOptions())
+    assert faces, "no face found"
+    return [estimate_detail(f.crop, f.matrix, 128) for f in faces]
+
+
+def test_real_face_grain_noise_and_blur(pipeline, clean_photo):
+    """On a real sharp photo (face ~200 px): heavy noise alone, blur alone and grain + JPEG over a
+    blurred face each get full strength; noise alone does not lower `detail` like blur does, and
+    blur does not raise `noise`."""
+    clean = _estimates(pipeline, clean_photo)[0]
+    assert clean.strength == 0.0
+    noise = _estimates(pipeline, _old_photo(clean_photo, 0.0, 12.0, 0))[0]
+    blur = _estimates(pipeline, _old_photo(clean_photo, 2.5, 0.0, 0))[0]
+    grain_blur = _estimates(pipeline, _old_photo(clean_photo, 2.5, 8.0, 50, seed=1))[0]
+    for est in (noise, blur, grain_blur):
+        assert est.strength >= 0.9 and est.size_term == 0.0
+    assert noise.detail > 0.75 * clean.detail and noise.noise > clean.noise + 0.1
+    assert blur.detail < 0.5 * clean.detail and blur.noise < clean.noise
+
+
+def test_readme_family_photo_is_restored_and_large_sharp_faces_are_kept(pipeline, real_lq_dir):
+    """The README's first command: the old grainy family scan gets its faces restored; the large,
+    sharp Stable Diffusion portrait and a sharp high-resolution photo keep theirs."""
+    from restorer_core.imageio import load_image
+
+    family = load_image(Path(__file__).resolve().parents[1] / "examples" / "family_10045.png").rgb8
+    strengths = [e.strength for e in _estimates(pipeline, family)]
+    assert len(strengths) == 3 and min(strengths) >= 0.9
+    for name in ("codeformer/whole_imgs/stable_diffusion_00.jpg", "codeformer/whole_imgs/06.png"):
+        estimates = _estimates(pipeline, load_image(real_lq_dir / name).rgb8)
+        assert [e.strength for e in estimates] == [0.0] * len(estimates)
 
 
 def test_degraded_face_gets_full_strength(pipeline, clean_photo):
@@ -167,3 +251,32 @@ def test_cli_strength_auto_by_default_number_overrides_bad_value_is_usage_error(
                  "--strength", "strong"]) == 2
     assert "--strength must be 'auto' or a number" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_summary_counts_kept_faces_apart_from_restored(model_file, real_lq_dir, tmp_path, capsys):
+    """One photo with a sharp face and an x8-degraded copy of it: one face restored, one kept."""
+    import json
+
+    from restorer_core.cli import main
+    from restorer_core.imageio import load_image
+
+    sharp = load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
+    pair = np.hstack([sharp, degrade_fixed(sharp, 8, seed=3)])
+    src = tmp_path / "pair.png"
+    cv2.imwrite(str(src), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR))
+    report_path = tmp_path / "report.json"
+    assert main(["restore", str(src), "--out", str(tmp_path / "out"), "--model", str(model_file),
+                 "--report", str(report_path)]) == 0
+    err = capsys.readouterr().err
+    assert "1 face(s) restored, 1 kept as they were (already sharp)" in err
+    report = json.loads(report_path.read_text())
+    image = report["images"][0]
+    assert (image["faces_restored"], image["faces_kept"], image["status"]) == (1, 1, "restored")
+    assert report["totals"]["faces_kept"] == 1 and report["totals"]["faces_restored"] == 1
+    by_index = {f["index"]: f for f in image["faces"]}
+    assert by_index[0]["status"] == "kept" and by_index[0]["reason"] == KEPT_SHARP
+    assert by_index[0]["strength"] == 0.0 and by_index[1]["status"] == "restored"
+    # the kept face's pixels are the input's: only the restored face was pasted
+    out = cv2.cvtColor(cv2.imread(image["output"]), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(out[:, :200], pair[:, :200])
+    assert np.abs(out[:, 250:].astype(int) - pair[:, 250:].astype(int)).max() > 0

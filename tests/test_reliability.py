@@ -273,7 +273,8 @@ def test_killed_run_resumed_ends_complete_without_duplicates_or_temp_files(portr
     for k, stem in enumerate(stems):
         save_image(folder / f"{stem}.png", np.ascontiguousarray(np.roll(portrait_rgb, 2 * k, axis=0)))
     out = tmp_path / "out"
-    cmd = _cli("restore", folder, "--out", out, "--model", model_file, "--batch-size", "1")
+    # strength 1: every image goes through the restorer (auto would keep this sharp portrait as it is)
+    cmd = _cli("restore", folder, "--out", out, "--model", model_file, "--batch-size", "1", "--strength", "1")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path))
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "img1_restored.png").exists():
