@@ -83,6 +83,12 @@ def cache_dir() -> str:
     return folder_paths.get_folder_paths(CACHE_FOLDER)[0]
 
 
+def compile_cache_dir() -> str:
+    """Where compiled restore steps are kept: `compiled` in the cache folder under ComfyUI's
+    models folder (its temp folder is emptied at every start)."""
+    return os.path.join(cache_dir(), "compiled")
+
+
 # ----------------------------------------------------------------------------- devices
 
 

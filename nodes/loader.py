@@ -9,6 +9,7 @@ import torch
 
 from ..restorer_core.errors import ModelNotFoundError
 from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer
+from ..restorer_core.options import SPEEDS
 from ..restorer_core.pipeline import FaceRestorePipeline
 from . import comfy_bridge as cb
 from .ops import log
@@ -21,7 +22,6 @@ OFFICIAL = {"InstantRestore (official)": "instantrestore", "OSDFace (official)":
 BASE_WEIGHTS = ("sd21-base", "sd-turbo", "sd-vae-ft-mse")  # base models kept beside, not restorers
 NO_BASE = "none"
 CATEGORY = "face restore/one-step"
-SPEEDS = ("auto", "compile", "eager")
 
 
 def restorer_choices() -> list[str]:
@@ -107,11 +107,14 @@ class LoadFaceRestorer:
             },
             "optional": {
                 "speed": (list(SPEEDS), {"default": "auto",
-                          "tooltip": "auto: CUDA graphs on a GPU (captured per node run, freed after "
-                                     "it); upsampling convs at low resolution on the CPU; compile: "
-                                     "also torch.compile, with low-resolution upsampling on the GPU "
-                                     "too (fastest, ~1 min of compiling per batch size); eager: the "
-                                     "plain model. All give the same faces."}),
+                          "tooltip": "auto (default): compile on a GPU, graph on the CPU. compile: "
+                                     "torch.compile + CUDA graphs (fastest); the first run per GPU, precision, "
+                                     "batch size and model compiles for 1-2 minutes, then the compiled code is "
+                                     "loaded from models/" + f"{cb.CACHE_FOLDER}/compiled; if compiling fails, "
+                                     "graph is used and the console says why. graph: CUDA graphs without "
+                                     "compile (captured per node run, freed after it); upsampling convs at "
+                                     "low resolution on the CPU. eager: the plain model. All give the same "
+                                     "faces."}),
             },
         }
 
@@ -136,7 +139,10 @@ class LoadFaceRestorer:
             restorer = restorer.to(dtype)
         # The fast path (restorer_core.models.fast): its CUDA graphs are keyed by where the
         # weights live, so ComfyUI offloading and reloading the model re-captures them.
-        pipeline = FaceRestorePipeline(restorer, identity=try_identity(), speed=speed)
+        # speed "auto" compiles when `dev` is a GPU; the compiled code is kept under the models folder
+        # (not ComfyUI's temp folder, which ComfyUI empties at every start).
+        pipeline = FaceRestorePipeline(restorer, identity=try_identity(), speed=speed, run_device=dev,
+                                       compile_cache=cb.compile_cache_dir())
         handle = FaceRestorerHandle(name=model_name, pipeline=pipeline, patcher=cb.make_patcher(restorer, dev),
                                     load_device=dev, dtype=dtype)
         log(f"loaded {handle.describe()}")

@@ -605,7 +605,14 @@ def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -
     identity = None
     if bank is not None:  # similarity is measured against the bank's person
         identity = _identity_or_note(report, plan.selection.mode == "similar", device)
-    pipeline = FaceRestorePipeline(restorer, identity=identity, speed=args.speed)
+    compile_cache = False if str(args.compile_cache).lower() == "none" else args.compile_cache
+    pipeline = FaceRestorePipeline(restorer, identity=identity, speed=args.speed, compile_cache=compile_cache)
+    persist = getattr(getattr(pipeline.runner, "fast", None), "persist", None)
+    if persist is not None:  # optional: without it every run compiles again
+        problem = check_folder_writable(persist.cache.folder, "compile cache folder")
+        if problem:
+            report.note(f"{problem}: the compiled code is not saved, each run compiles again "
+                        "(--compile-cache DIR to choose one)")
     pipeline.add_detector(plan.options, detector)
     _check_conditioning(pipeline, bank, plan.options, report)
     report.model = describe_model(restorer)
@@ -861,11 +868,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=8, help="faces per network pass (default 8)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--speed", choices=SPEEDS, default="auto",
-                   help="speed-ups computing the same function: auto = upsampling convs at low "
-                        "resolution on the CPU, CUDA graphs (and the VAE's wide attention head as "
-                        "matmuls) on a GPU; compile adds channels-last + torch.compile, with "
-                        "upsampling at low resolution on a GPU too (about a minute of compiling "
-                        "per batch shape); graph = auto; eager = the plain model")
+                   help="speed-ups computing the same function. auto (default): compile on a GPU, graph "
+                        "on the CPU. compile: graph + channels-last + torch.compile; the first run per "
+                        "GPU, dtype, batch size and model compiles for 1-2 minutes (it says so) and saves "
+                        "the compiled code in --compile-cache, later runs load it; a partial last batch is "
+                        "padded to --batch-size, so one compile serves a whole run; if compiling fails, "
+                        "graph is used and one line says why. graph: upsampling convs at low resolution, "
+                        "and on a GPU CUDA graphs and the VAE's wide attention head as matmuls, no compile. "
+                        "eager: the plain model")
+    r.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="folder for compiled code (--speed auto/compile; default: "
+                        "$ONESTEP_FACE_RESTORE_COMPILE_CACHE or ~/.cache/onestep-face-restore/compiled); "
+                        "none: do not save or load it")
     r.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution kernels (a little faster on a GPU; runs and "
                         "GPUs may then differ by a few 1/255; off: reproducible pixels)")

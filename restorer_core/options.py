@@ -6,4 +6,4 @@ DETECTORS = ("yunet", "scrfd", "facexlib")
 COLOR_FIXES = ("wavelet", "meanstd", "none")
 MASK_SHAPES = ("landmarks", "ellipse", "box")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-SPEEDS = ("auto", "eager", "graph", "compile")  # make_runner; "graph" is the same as "auto"
+SPEEDS = ("auto", "compile", "graph", "eager")  # pipeline.speed_config: auto = compile on CUDA, graph elsewhere

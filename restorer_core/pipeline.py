@@ -113,15 +113,19 @@ def transfer_detail(restored: np.ndarray, crop: np.ndarray, resolution: int) -> 
     return np.clip(restored + fine, 0.0, 1.0)
 
 
-def speed_config(restorer: Any, speed: Any = "auto") -> Any:
-    """The SpeedConfig a speed choice stands for on this restorer's device (None: "eager").
+def speed_config(restorer: Any, speed: Any = "auto", device: Any = None) -> Any:
+    """The SpeedConfig a speed choice stands for (None: "eager"); the one place this is decided.
 
-    "auto" / "graph": upsampling convs at low resolution, and on a CUDA device CUDA graphs and
-    the VAE's wide attention head as matmuls (on the CPU these two do nothing; upsampling stays
-    on the plain path on eager CUDA, see PhaseUpsample2D). "compile": auto + channels-last +
-    torch.compile (the fastest on a GPU, about a minute of compiling per batch shape). On a GPU
-    the reference networks wait on the CPU between bank builds (restores read the cached K/V);
-    a host that manages the model's memory itself (ComfyUI) builds on the CPU.
+    device: where the restorer will run (default: where it is now; ComfyUI loads it on the CPU
+    and moves it to the GPU for each run).
+    "graph": upsampling convs at low resolution, and on a CUDA device CUDA graphs and the VAE's
+    wide attention head as matmuls (on the CPU these two do nothing; upsampling stays on the
+    plain path on eager CUDA, see PhaseUpsample2D). "compile": graph + channels-last +
+    torch.compile (default mode) inside the CUDA graph: the fastest on a GPU, a minute or two of
+    compiling per GPU, dtype, batch size and model the first time, then loaded from the compile
+    cache (restorer_core.compile_cache). "auto": "compile" on a CUDA device, "graph" elsewhere.
+    On a GPU the reference networks wait on the CPU between bank builds (restores read the
+    cached K/V); a host that manages the model's memory itself (ComfyUI) builds on the CPU.
     """
     from .models.fast import SpeedConfig
 
@@ -131,21 +135,37 @@ def speed_config(restorer: Any, speed: Any = "auto") -> Any:
         raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
     if speed == "eager":
         return None
+    run_on = torch.device(device if device is not None else restorer.device)
     offload = torch.device(restorer.device).type == "cuda"
     common = dict(fuse_upsample=True, wide_head_attention=True, cuda_graph=True, offload_references=offload)
-    if speed == "compile":
+    if speed == "compile" or (speed == "auto" and run_on.type == "cuda"):
         return SpeedConfig(channels_last=True, compile_mode="default", **common)
     return SpeedConfig(**common)
 
 
-def make_runner(restorer: Any, speed: Any = "auto") -> Any:
+def make_runner(restorer: Any, speed: Any = "auto", device: Any = None, compile_cache: Any = None) -> Any:
     """The callable that restores batches: the restorer itself ("eager"), or a FastRestorer
     around it after setting the restorer's speed-up methods (this changes `restorer`: the
-    pipeline owns its restorer). Every choice computes the same function; see speed_config."""
-    from .models.fast import speed_up
+    pipeline owns its restorer). Every choice computes the same function; see speed_config.
 
-    config = speed_config(restorer, speed)
-    return restorer if config is None else speed_up(restorer, config)
+    A compiling choice gives a FallbackRunner: compiled code is loaded from / saved to
+    `compile_cache` (a folder; None: restorer_core.compile_cache.default_compile_cache_dir();
+    False: not persisted), and any failure to compile falls back to the "graph" choice with
+    one line saying why.
+    """
+    from .compile_cache import CompileCache, PersistedCompile, default_compile_cache_dir
+    from .models.fast import FallbackRunner, speed_up
+
+    config = speed_config(restorer, speed, device)
+    if config is None:
+        return restorer
+    if not config.compile_mode:
+        return speed_up(restorer, config)
+    persist = None
+    if compile_cache is not False:
+        persist = PersistedCompile(CompileCache(compile_cache or default_compile_cache_dir()))
+    fallback = speed_config(restorer, "graph", device)
+    return FallbackRunner(restorer, config, fallback, persist)
 
 
 class FaceRestorePipeline:
@@ -153,14 +173,17 @@ class FaceRestorePipeline:
 
     identity: an optional restorer_core.identity.IdentityEmbedder; with it, selection mode
     "similar" works and reports carry each face's similarity to the bank.
+    speed, run_device, compile_cache: see make_runner (run_device: where the restorer will run
+    when a host moves it there later, as ComfyUI does).
     """
 
     def __init__(self, restorer: "OneStepRestorer", device: Any = None, dtype: Optional[torch.dtype] = None,
-                 identity: Optional["IdentityEmbedder"] = None, speed: Any = "auto"):
+                 identity: Optional["IdentityEmbedder"] = None, speed: Any = "auto", run_device: Any = None,
+                 compile_cache: Any = None):
         if device is not None or dtype is not None:
             restorer = restorer.to(device=device, dtype=dtype)
         self.restorer = restorer.eval()
-        self.runner = make_runner(self.restorer, speed)
+        self.runner = make_runner(self.restorer, speed, run_device, compile_cache)
         self.identity = identity
         self._detectors: dict = {}
         self.references = ReferenceCache()
@@ -180,10 +203,16 @@ class FaceRestorePipeline:
 
     def release_graphs(self) -> None:
         """Free the runner's CUDA graphs (their memory pool is invisible to a host's memory manager)."""
-        from .models.fast import FastRestorer
+        release = getattr(self.runner, "release_graphs", None)
+        if release is not None:
+            release()
 
-        if isinstance(self.runner, FastRestorer):
-            self.runner.release_graphs()
+    def batch_shape(self, faces: int, options: "RestoreOptions") -> int:
+        """How many faces the network runs for a batch of `faces`: options.batch_size while the
+        runner is compiled (a partial batch is padded, so a compile of one batch size serves
+        every batch; each face has its own generator and batch rows never mix, so padding does
+        not change the real faces), else `faces`."""
+        return max(faces, options.batch_size) if getattr(self.runner, "compiles", False) else faces
 
     # ----------------------------------------------------------------------------- helpers
     def add_detector(self, options: RestoreOptions, detector: Any) -> None:
@@ -276,11 +305,12 @@ class FaceRestorePipeline:
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs = {}
             if work:
-                batch = np.stack([resize_square(chunk[k].crop, res) for k in work])
-                x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device, self.dtype)
-                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in work]
+                crops = [resize_square(chunk[k].crop, res) for k in work]
+                crops += crops[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
+                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, self.dtype)
+                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in crops]
                 with torch.inference_mode():
-                    y = self.runner(x, refs, options.mode, generator=generators)
+                    y = self.runner(x, refs, options.mode, generator=generators)[:len(work)]
                 y = y.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
                 outputs = dict(zip(work, y))
             share = (time.perf_counter() - t0) / len(chunk)

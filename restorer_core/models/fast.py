@@ -23,12 +23,16 @@ model settings are not in effect, and `speed_up(restorer, speed)` does both, on 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from .reference_kv import ReferenceKV
+
+log = logging.getLogger(__name__)
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -194,12 +198,22 @@ def _signature(inputs: dict, refs: Optional[ReferenceKV]) -> tuple:
     return sig
 
 
+class CompileError(RuntimeError):
+    """torch.compile could not compile the restore step (no Triton, no C compiler, an Inductor
+    error, ...); the message says why in one line."""
+
+
 class FastRestorer:
     """Calls the restorer (``fast(lq, refs, mode, generator)``, same arguments, same output)
     with its restore step compiled and/or replayed from a CUDA graph. Never changes the
-    restorer; see the module docstring."""
+    restorer; see the module docstring.
 
-    def __init__(self, restorer, speed: Optional[SpeedConfig] = None):
+    persist: a restorer_core.compile_cache.PersistedCompile: the first compiled call of each
+    input signature loads the compiled code stored for it, or compiles (saying so in one line)
+    and stores it. A failure to compile raises CompileError (FallbackRunner falls back on it).
+    """
+
+    def __init__(self, restorer, speed: Optional[SpeedConfig] = None, persist=None):
         self.restorer = restorer
         self.speed = speed or SpeedConfig()
         have = restorer.speed_settings()
@@ -213,6 +227,15 @@ class FastRestorer:
         s = self.speed
         self._step = compiled_step(s.compile_mode, s.inductor) if s.compile_mode else run_step
         self._weights: Optional[WeightLocations] = None
+        self._compiled: set = set()  # input signatures already compiled (or loaded) in this runner
+        self.persist = persist
+        if persist is not None and s.compile_mode:
+            from ..compile_cache import persistable
+
+            why_not = persistable(s.inductor)
+            if why_not:
+                log.warning("compiled code is not saved for %s: %s", s.label(), why_not)
+                self.persist = None
 
     @torch.no_grad()
     def __call__(self, lq: torch.Tensor, refs: Optional[ReferenceKV] = None, mode: str = "auto",
@@ -225,6 +248,8 @@ class FastRestorer:
         inputs = dict(inputs, context=inputs["context"].contiguous())
         if refs is not None and refs.keys[0].device != r.device:
             refs = refs.to(r.device)
+        if self.speed.compile_mode:
+            self._compile_once(inputs, refs)
         graphable = refs is None or refs.mask is None or bool(refs.mask.all())
         if not (self.speed.cuda_graph and r.device.type == "cuda" and graphable):
             with r.references_installed(refs):
@@ -242,6 +267,44 @@ class FastRestorer:
             self._graphs[key] = captured
         return captured.replay(inputs, refs)
 
+    def _compile_once(self, inputs: dict, refs: Optional[ReferenceKV]) -> None:
+        """The first compiled call of an input signature, outside any CUDA graph: loads the
+        persisted compiled code when there is some, else compiles (announced) and saves it.
+        Any failure becomes CompileError."""
+        r = self.restorer
+        sig = (_signature(inputs, refs), refs is not None and refs.mask is not None)
+        if sig in self._compiled:
+            return
+        key, loaded, where = None, False, ""
+        if self.persist is not None:
+            from ..compile_cache import make_key
+
+            key = make_key(r, self.speed.label(), sig, inputs["x"].shape[0])
+            loaded = self.persist.load(key)
+            where = f"; cached in {self.persist.cache.folder}"
+        what = (f"batch {inputs['x'].shape[0]}, {inputs['x'].shape[-1]} px, "
+                f"{str(r.dtype).replace('torch.', '')} on {r.device}")
+        if not loaded:
+            log.warning("compiling the restore step with torch.compile (%s): once per GPU, dtype, batch size, "
+                        "resolution and model, about 1-2 minutes on a GPU; it makes every later batch "
+                        "faster%s", what, where)
+        t0 = time.perf_counter()
+        try:
+            with r.references_installed(refs):
+                self._step(r, **inputs)
+        except Exception as exc:  # noqa: BLE001 - any compile failure: the caller falls back
+            text = str(exc).strip().splitlines()
+            raise CompileError(f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")) from exc
+        seconds = time.perf_counter() - t0
+        self._compiled.add(sig)
+        if loaded:
+            log.info("loaded compiled code for %s (first call %.1f s)", what, seconds)
+        elif key is not None:
+            path = self.persist.save(key)
+            if path is not None:
+                log.warning("compiled in %.0f s; saved %s (%.1f MB): later starts load it", seconds, path,
+                            path.stat().st_size / 1e6)
+
     def prepare(self, lq: torch.Tensor, use_visual_prompt: bool, generator=None,
                 refs: Optional[ReferenceKV] = None) -> dict:
         """restore_step's inputs for a batch, as forward makes them (for benchmarks and tests)."""
@@ -257,7 +320,55 @@ class FastRestorer:
         self._graphs.clear()
 
 
-def speed_up(restorer, speed: SpeedConfig) -> FastRestorer:
+def speed_up(restorer, speed: SpeedConfig, persist=None) -> FastRestorer:
     """Apply `speed`'s model settings to `restorer` (this changes it) and wrap it."""
     speed.apply_to(restorer)
-    return FastRestorer(restorer, speed)
+    return FastRestorer(restorer, speed, persist)
+
+
+def _generator_states(generator) -> list:
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    return [(g, g.get_state()) for g in gens if isinstance(g, torch.Generator)]
+
+
+class FallbackRunner:
+    """A compiled FastRestorer that turns into `fallback` (e.g. the CUDA-graph path) the first
+    time compiling fails, saying why in one line; the failed batch is redone from the same
+    generator states, so its faces are those the fallback gives. Owns the restorer: it sets
+    the restorer's speed-up methods (SpeedConfig.apply_to) for the config in use.
+    Same call as FastRestorer."""
+
+    def __init__(self, restorer, speed: SpeedConfig, fallback: Optional[SpeedConfig], persist=None):
+        self.restorer = restorer
+        self.fallback = fallback
+        self.fast = speed_up(restorer, speed, persist)
+        self.failure: Optional[str] = None
+
+    @property
+    def speed(self) -> SpeedConfig:
+        return self.fast.speed
+
+    @property
+    def compiles(self) -> bool:
+        """True while the step runs compiled (a new batch shape would mean a new compile)."""
+        return bool(self.fast.speed.compile_mode)
+
+    @torch.no_grad()
+    def __call__(self, lq: torch.Tensor, refs: Optional[ReferenceKV] = None, mode: str = "auto",
+                 generator=None) -> torch.Tensor:
+        states = _generator_states(generator)
+        try:
+            return self.fast(lq, refs, mode, generator)
+        except CompileError as exc:
+            self.failure = str(exc)
+            fallback = self.fallback or SpeedConfig()
+            log.warning("torch.compile failed (%s); restoring with %s instead (same faces, slower)",
+                        exc, fallback.label())
+            for g, state in states:
+                g.set_state(state)
+            self.fast.release_graphs()
+            self.fast = speed_up(self.restorer, fallback)
+            return self.fast(lq, refs, mode, generator)
+
+    def release_graphs(self) -> None:
+        self.fast.release_graphs()
