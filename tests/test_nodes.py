@@ -245,6 +245,31 @@ def test_speed_choices_restore_the_same_faces(pack, N, handle, blake, bank):
         N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False, speed="turbo")
 
 
+def test_loader_compiles_for_a_gpu_and_keeps_the_compiled_code_under_the_models_folder(pack, N, restorer_files,
+                                                                                      monkeypatch):
+    """speed auto: the restorer is loaded on the CPU and run where ComfyUI puts it; for a GPU
+    that is the compiled path, its code cached in models/<cache folder>/compiled (ComfyUI
+    empties its temp folder at start), with the CUDA-graph path as the fallback; on the CPU it
+    stays the graph choice. (Only a GPU run compiles; see benchmarks/gpu_speed_cold.py.)"""
+    import folder_paths
+
+    bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
+    fast = sys.modules[f"{pack.__name__}.restorer_core.models.fast"]
+    monkeypatch.setattr(bridge, "choose_device_dtype", lambda device, precision: (torch.device("cuda"), torch.float16))
+    monkeypatch.setattr(bridge, "make_patcher", lambda restorer, dev: None)  # no CUDA here to load onto
+    gpu = N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False)[0]
+    runner = gpu.pipeline.runner
+    assert isinstance(runner, fast.FallbackRunner) and runner.compiles
+    assert runner.speed.compile_mode == "default" and runner.speed.cuda_graph
+    assert runner.fallback.cuda_graph and not runner.fallback.compile_mode
+    folder = runner.fast.persist.cache.folder
+    assert folder.parent == Path(folder_paths.models_dir) / bridge.CACHE_FOLDER and folder.name == "compiled"
+    assert not str(folder).startswith(folder_paths.get_temp_directory())
+    monkeypatch.undo()
+    cpu = N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False)[0]
+    assert isinstance(cpu.pipeline.runner, fast.FastRestorer) and not cpu.pipeline.runner.speed.compile_mode
+
+
 def test_restore_node_frees_its_cuda_graphs_after_each_run(N, handle, blake, monkeypatch):
     """Captured graphs hold GPU memory that ComfyUI's manager cannot see: a node run drops them."""
     calls = []
@@ -256,7 +281,9 @@ def test_restore_node_frees_its_cuda_graphs_after_each_run(N, handle, blake, mon
 
 def test_device_and_precision_choice(pack):
     bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
-    assert bridge.choose_device_dtype("auto", "auto") == (torch.device("cpu"), torch.float32)
+    if not torch.cuda.is_available():
+        assert bridge.choose_device_dtype("auto", "auto") == (torch.device("cpu"), torch.float32)
+    assert bridge.choose_device_dtype("cpu", "auto") == (torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="CPU"):
         bridge.choose_device_dtype("cpu", "fp16")
 

@@ -1,7 +1,10 @@
-"""Stand-in for comfy/model_management.py on a CPU-only machine (ComfyUI's CPUState.CPU).
+"""Stand-in for comfy/model_management.py (ComfyUI's CPUState.GPU with CUDA, else CPUState.CPU).
 
-Same function names and signatures as ComfyUI; the device is always the CPU, so the
-fp16/bf16 questions answer False exactly as ComfyUI does for a CPU device.
+Same function names and signatures as ComfyUI. Without CUDA the device is the CPU and the
+fp16/bf16 questions answer False exactly as ComfyUI does for a CPU device; with CUDA (the
+benchmarks' GPU runs of the nodes) the device is the current CUDA device and fp16/bf16 follow
+ComfyUI's compute-capability rules for NVIDIA cards (fp16 from 7.x, bf16 from 8.x; ComfyUI's
+exceptions for particular older cards are left out).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ current_loaded_models: list = []  # the patchers load_models_gpu has loaded, new
 
 
 def get_torch_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -29,16 +34,22 @@ def is_device_cpu(device) -> bool:
     return getattr(device, "type", device) == "cpu"
 
 
+def _cuda_major(device) -> int:
+    if not torch.cuda.is_available():
+        return 0  # cpu_mode(): ComfyUI answers False as well
+    return torch.cuda.get_device_properties(device if device is not None else get_torch_device()).major
+
+
 def should_use_fp16(device=None, model_params=0, prioritize_performance=True, manual_cast=False) -> bool:
     if device is not None and is_device_cpu(device):
         return False
-    return False  # cpu_mode(): ComfyUI answers False as well
+    return _cuda_major(device) >= 7
 
 
 def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False) -> bool:
     if device is not None and is_device_cpu(device):
         return False
-    return False
+    return _cuda_major(device) >= 8
 
 
 def module_size(module) -> int:
