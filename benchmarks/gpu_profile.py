@@ -58,6 +58,14 @@ VARIANTS = {  # name -> SpeedConfig
     "fused_autotune": SpeedConfig(channels_last=True, fuse_upsample=True,
                                   compile_mode="max-autotune-no-cudagraphs", inductor=BLOG, cuda_graph=True),
     "fused_eager_graph": SpeedConfig(fuse_upsample=True, cuda_graph=True),
+    # issue 12: the default GPU path (pipeline.speed_config(restorer, "auto") on CUDA) and b8 variants of it
+    "auto": SpeedConfig(channels_last=True, fuse_upsample=True, wide_head_attention=True, compile_mode="default",
+                        cuda_graph=True, offload_references=True),
+    "auto_cdt": SpeedConfig(channels_last=True, fuse_upsample=True, wide_head_attention=True, compile_mode="default",
+                            inductor=CDT, cuda_graph=True, offload_references=True),
+    "auto_autotune": SpeedConfig(channels_last=True, fuse_upsample=True, wide_head_attention=True,
+                                 compile_mode="max-autotune-no-cudagraphs", cuda_graph=True, offload_references=True),
+    "graph": SpeedConfig(fuse_upsample=True, wide_head_attention=True, cuda_graph=True, offload_references=True),
 }
 KINDS = (  # kernel-name substrings -> kind (first match wins)
     ("attention", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
@@ -134,8 +142,16 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--cudnn-benchmark", default="on", choices=("on", "off"),
                     help="off: cuDNN's heuristic kernel choice (the CLI's reproducible default)")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="load/save each variant's compiled code there (restorer_core.compile_cache; e.g. "
+                         "max-autotune results then cost their minutes once)")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     a = ap.parse_args(argv)
+    persist = None
+    if a.compile_cache:
+        from restorer_core.compile_cache import CompileCache, PersistedCompile
+
+        persist = PersistedCompile(CompileCache(a.compile_cache))
 
     dev = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
     cuda = dev.type == "cuda"
@@ -187,6 +203,7 @@ def main(argv=None) -> int:
         speed = VARIANTS[name]
         if not cuda:
             speed = SpeedConfig(channels_last=speed.channels_last, fuse_upsample=speed.fuse_upsample,
+                                wide_head_attention=speed.wide_head_attention,
                                 compile_mode=speed.compile_mode, inductor=speed.inductor)
         if b.left_s() < 150:
             result["variants"].append(dict(name=name, label=speed.label(), note=f"skipped: {b.left_s():.0f} s left"))
@@ -198,7 +215,7 @@ def main(argv=None) -> int:
             restorer = build(dev, dtype, a.tiny)
             with torch.no_grad():
                 refs = restorer.encode_references(ref_imgs, generator=gen(dev, 2))
-            fast = speed_up(restorer, speed)
+            fast = speed_up(restorer, speed, persist)
             t = time.time()
             out = fast(lq, refs, generator=gen(dev, 1)).float().cpu()
             entry["first_call_s"] = time.time() - t
@@ -241,7 +258,8 @@ def _parts(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs, cuda: bool) 
     restorer = build(dev, dtype, a.tiny)
     with torch.no_grad():
         refs = restorer.encode_references(ref_imgs, generator=gen(dev, 2))
-    fast = speed_up(restorer, SpeedConfig(channels_last=pv.channels_last, fuse_upsample=pv.fuse_upsample))
+    fast = speed_up(restorer, SpeedConfig(channels_last=pv.channels_last, fuse_upsample=pv.fuse_upsample,
+                                          wide_head_attention=pv.wide_head_attention))
     inputs = fast.prepare(lq, False, gen(dev, 1))
     shape = restorer.latent_shape(inputs["x"])
     z = torch.randn(shape, device=dev, dtype=dtype)
@@ -285,6 +303,7 @@ def _profile(b, a, result, pv: SpeedConfig, dev, dtype, lq, ref_imgs) -> None:
     with torch.no_grad():
         refs = restorer.encode_references(ref_imgs, generator=gen(dev, 2))
     speed = SpeedConfig(channels_last=pv.channels_last, fuse_upsample=pv.fuse_upsample,
+                        wide_head_attention=pv.wide_head_attention,
                         compile_mode=pv.compile_mode, inductor=pv.inductor)  # same compiled code, no graph
     fast = speed_up(restorer, speed)
     for _ in range(3):

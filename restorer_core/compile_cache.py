@@ -171,7 +171,7 @@ class CompileCache:
         path = self.path(key)
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing stored (or no folder to store in)
             return None
         except OSError as exc:
             log.warning("compiled code %s cannot be read (%s); compiling instead", path, exc)

@@ -308,3 +308,31 @@ def test_convert_delegates_to_the_converter(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["convert", "--help"])
     assert exc.value.code == 0 and "instantrestore" in capsys.readouterr().out
+
+
+def test_compile_cache_option_saves_compiled_code_and_an_unwritable_folder_is_a_note(photos, model_file, tmp_path,
+                                                                                     monkeypatch):
+    """--speed compile (what auto is on a GPU) with --compile-cache: the compiled code is saved
+    there; a folder that cannot be written is one report note, and the run still restores; none
+    keeps nothing. (torch.compile and torch's artefact calls are stood in for: minutes on this CPU.)"""
+    from restorer_core.compile_cache import SUFFIX
+    from restorer_core.models import fast
+
+    monkeypatch.setattr(fast, "compiled_step", lambda mode, inductor=(): fast.run_step)
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"compiled code" * 10, None))
+    folder = tmp_path / "compiled"
+    report = tmp_path / "r.json"
+    assert _restore([photos["portrait"]], tmp_path / "a", model_file, "--speed", "compile",
+                    "--compile-cache", str(folder), "--report", str(report)) == 0
+    assert len(list(folder.glob("*" + SUFFIX))) == 1
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    report = tmp_path / "r_blocked.json"
+    assert _restore([photos["portrait"]], tmp_path / "b", model_file, "--speed", "compile",
+                    "--compile-cache", str(blocked / "compiled"), "--report", str(report)) == 0
+    notes = json.loads(report.read_text())["notes"]
+    assert any("compile cache folder" in n and "compiles again" in n for n in notes)
+    assert list((tmp_path / "b").glob("portrait_restored.*"))
+    assert _restore([photos["portrait"]], tmp_path / "c", model_file, "--speed", "compile",
+                    "--compile-cache", "none") == 0
+    assert len(list(folder.glob("*" + SUFFIX))) == 1 and blocked.read_text() == "not a folder"

@@ -23,6 +23,7 @@ model settings are not in effect, and `speed_up(restorer, speed)` does both, on 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -279,7 +280,9 @@ class FastRestorer:
         if self.persist is not None:
             from ..compile_cache import make_key
 
-            key = make_key(r, self.speed.label(), sig, inputs["x"].shape[0])
+            # where the reference networks wait is no part of the compiled step
+            label = dataclasses.replace(self.speed, offload_references=False).label()
+            key = make_key(r, label, sig, inputs["x"].shape[0])
             loaded = self.persist.load(key)
             where = f"; cached in {self.persist.cache.folder}"
         what = (f"batch {inputs['x'].shape[0]}, {inputs['x'].shape[-1]} px, "
