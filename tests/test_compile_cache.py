@@ -325,3 +325,29 @@ def test_pipeline_pads_partial_batches_while_compiled_only(model, tmp_path, torc
     for fa, fb in zip(a, b):
         assert np.abs(fa.restored - fb.restored).max() < 2e-5
     assert graph.batch_shape(1, options) == 1 and compiled.batch_shape(1, options) == 4
+
+
+def test_stored_code_that_torch_does_not_take_is_said_and_stored_anew(model, refs, tmp_path, torch_cache,
+                                                                     compiles, monkeypatch, caplog):
+    """A verified artefact whose entries Inductor still misses on (its own keys differ) means a
+    full compile: said in one line and saved again, so the next start gets code that fits."""
+    from torch._dynamo.utils import counters
+
+    from restorer_core.pipeline import make_runner
+
+    lq = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    make_runner(copy.deepcopy(model), "compile", compile_cache=tmp_path)(lq, refs, generator=_gens(2))
+    assert torch_cache.saves == 1
+
+    def missing_compiled_step(mode, inductor=()):
+        def step(restorer, **inputs):
+            counters["inductor"]["fxgraph_cache_miss"] += 1  # what Inductor counts when it compiles
+            return fast.run_step(restorer, **inputs)
+        return step
+    monkeypatch.setattr(fast, "compiled_step", missing_compiled_step)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_runner(copy.deepcopy(model), "compile", compile_cache=tmp_path)(lq, refs, generator=_gens(2))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(torch_cache.loaded) == 1 and torch_cache.saves == 2
+    assert sum("did not fit" in s for s in said) == 1 and sum("saved" in s for s in said) == 1

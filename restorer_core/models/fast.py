@@ -291,6 +291,7 @@ class FastRestorer:
             log.warning("compiling the restore step with torch.compile (%s): once per GPU, dtype, batch size, "
                         "resolution and model, about 1-2 minutes on a GPU; it makes every later batch "
                         "faster%s", what, where)
+        misses = _inductor_misses()
         t0 = time.perf_counter()
         try:
             with r.references_installed(refs):
@@ -300,6 +301,9 @@ class FastRestorer:
             raise CompileError(f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")) from exc
         seconds = time.perf_counter() - t0
         self._compiled.add(sig)
+        if loaded and _inductor_misses() > misses:  # torch did not take the stored code: store it anew
+            log.warning("the stored compiled code did not fit this process (Inductor compiled anew in %.0f s)", seconds)
+            loaded = False
         if loaded:
             log.info("loaded compiled code for %s (first call %.1f s)", what, seconds)
         elif key is not None:
@@ -327,6 +331,15 @@ def speed_up(restorer, speed: SpeedConfig, persist=None) -> FastRestorer:
     """Apply `speed`'s model settings to `restorer` (this changes it) and wrap it."""
     speed.apply_to(restorer)
     return FastRestorer(restorer, speed, persist)
+
+
+def _inductor_misses() -> int:
+    """How many graphs Inductor compiled (FX-graph cache misses) in this process so far."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["inductor"]["fxgraph_cache_miss"])
 
 
 def _generator_states(generator) -> list:
