@@ -326,9 +326,10 @@ def build_project(b: Bench, arch: dict, parts: dict, dtype: torch.dtype) -> OneS
 
 def project_variants(b: Bench, dname: str, with_compile: bool) -> list:
     """The fast.py configurations timed: a plain CUDA graph, then what make_runner gives for
-    speed "auto" (fused upsampling, wide-head attention as matmuls, CUDA graph; the reference
-    networks stay resident here, for comparison) and "compile" (+ channels_last +
-    torch.compile, reference networks offloaded to the CPU as the CLI does on a GPU).
+    speed "graph" (fused upsampling, wide-head attention as matmuls, CUDA graph; the reference
+    networks stay resident here, for comparison) and "compile" = "auto" on a GPU (+ channels_last
+    + torch.compile, reference networks offloaded to the CPU as the CLI does on a GPU; compiled
+    in this process, without the persisted cache: gpu_speed_cold.py times that).
     Each variant sets the restorer's speed-up methods (SpeedConfig.apply_to); the offloaded
     reference networks stay offloaded, so that variant comes last."""
     s = b.s
