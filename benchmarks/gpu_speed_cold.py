@@ -15,7 +15,8 @@ from one process to the next), the compile cache folder shared:
 3. nodes    the ComfyUI nodes' path through the comfy stand-in (tests/comfy_stub): Load Face
             Restorer with the default speed ("auto") and precision fp16, then the restore op on
             16 faces (2 batches of 8; the model file read is replaced by the built model, the
-            reference K/V by the same cached K/V); ms/face per node run, CUDA graphs captured
+            reference K/V by the same cached K/V; strength 1, i.e. auto_strength off, so that
+            every face runs through the restorer); ms/face per node run, CUDA graphs captured
             per run as in ComfyUI;
 4. rows     in this process: the official-style path and today's CUDA-graph path ("graph"),
             gpu_speed.py's code, same dtype and batches.
@@ -165,8 +166,10 @@ def child_nodes(a) -> dict:
                                    inverse=np.eye(2, 3), detection=det, image_index=i, face_index=0)
              for i in range(a.faces)]
     faceset = types.FaceSet(faces, [(res, res)] * a.faces, res)
-    # the restore node's defaults (batch 8; tiny: the compile step's largest batch, whose code it then loads)
-    options = pipeline_mod.RestoreOptions(batch_size=max(a.batches), max_refs=a.refs, seed=0)
+    # the restore node's batch size 8 (tiny: the compile step's largest batch, whose code it then loads);
+    # strength 1 (the node with auto_strength off): random crops may count as sharp, and a kept face is
+    # never run through the restorer
+    options = pipeline_mod.RestoreOptions(batch_size=max(a.batches), max_refs=a.refs, seed=0, strength=1.0)
     bank = [None] * a.refs  # stands for a bank of a.refs faces (only its length is read: K/V above)
     runs = []
     for i in range(a.node_runs):
@@ -184,7 +187,7 @@ def child_nodes(a) -> dict:
                 ms_per_face=statistics.median(steady) * 1000 / a.faces, faces=a.faces, runs_s=runs,
                 label=runner.speed.label(), fell_back=getattr(runner, "failure", None),
                 dtype=str(handle.pipeline.dtype), cache_counters=_counters(),
-                note="per node run: CPU resize + auto strength + restore (CUDA graphs captured per run, as in ComfyUI)")
+                note="per node run: CPU resize + restore + blend, strength 1 (CUDA graphs captured per run, as in ComfyUI)")
 
 
 # ----------------------------------------------------------------------------------- parent side
