@@ -93,6 +93,7 @@ def child_restore(a) -> dict:
 
     t_import = time.time() - a.t0
     dev = torch.device("cpu" if a.tiny else "cuda")
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     dtype = DTYPES[a.dtype]
     res = 64 if a.tiny else 512
     b = Bench(BenchSettings(tiny=a.tiny, device=str(dev), dtypes=[a.dtype], batches=a.batches, refs=a.refs,
@@ -218,7 +219,8 @@ class Run:
                "--t0", "0", "--seed", str(seed), "--batches", ",".join(map(str, batches)),
                "--dtype", self.a.dtype, "--refs", str(self.a.refs), "--iters", str(self.a.iters),
                "--cache", str(self.a.cache), "--stub-base", str(self.a.stub_base), "--speed", self.a.speed,
-               "--out", str(self.out)] + (["--tiny"] if self.a.tiny else []) + extra
+               "--out", str(self.out)] + (["--tiny"] if self.a.tiny else []) + \
+            (["--cudnn-benchmark"] if self.a.cudnn_benchmark else []) + extra
         log_path = self.out / f"gpu_speed_cold_{role}_{'_'.join(map(str, batches))}_log.txt"
         print(f"[{time.time() - self.t0:6.1f}s] start {role} batches {batches}", flush=True)
         launched = time.time()
@@ -326,7 +328,8 @@ def summary(r: dict, a) -> list:
 
 def markdown(r: dict, a) -> str:
     head = (f"### New-process speed with persisted compiled code ({'TINY configs, CPU' if a.tiny else 'full-size, random weights'}; "
-            f"{a.dtype}; {a.refs} cached references; speed {a.speed}; total {r.get('total_s', 0):.0f} s)")
+            f"{a.dtype}; {a.refs} cached references; speed {a.speed}; cuDNN benchmark "
+            f"{'on' if a.cudnn_benchmark else 'off (the CLI default)'}; total {r.get('total_s', 0):.0f} s)")
     lines = [head, "", "| step | batch | time to first face s | first call s | ms/face | peak GiB | rel L2 vs eager "
              "| Inductor/AOT cache | variant | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for step in r["steps"]:
@@ -373,7 +376,7 @@ def parse(argv=None):
     ap.add_argument("--faces", type=int, default=16, help="faces per node run (nodes step)")
     ap.add_argument("--node-runs", type=int, default=3)
     ap.add_argument("--cudnn-benchmark", action="store_true",
-                    help="cuDNN autotuning in the rows step (the CLI's default is off)")
+                    help="cuDNN autotuning in every step (default off, as in the CLI and the nodes)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 560; tiny: none)")
     ap.add_argument("--work", default=None, help="folder for caches and results (default: a temp folder)")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
