@@ -322,17 +322,17 @@ def test_compile_cache_option_saves_compiled_code_and_an_unwritable_folder_is_a_
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"compiled code" * 10, None))
     folder = tmp_path / "compiled"
     report = tmp_path / "r.json"
-    assert _restore([photos["portrait"]], tmp_path / "a", model_file, "--speed", "compile",
+    assert _restore([photos["portrait"]], tmp_path / "a", model_file, "--speed", "compile", "--strength", "1",
                     "--compile-cache", str(folder), "--report", str(report)) == 0
     assert len(list(folder.glob("*" + SUFFIX))) == 1
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
     report = tmp_path / "r_blocked.json"
-    assert _restore([photos["portrait"]], tmp_path / "b", model_file, "--speed", "compile",
+    assert _restore([photos["portrait"]], tmp_path / "b", model_file, "--speed", "compile", "--strength", "1",
                     "--compile-cache", str(blocked / "compiled"), "--report", str(report)) == 0
     notes = json.loads(report.read_text())["notes"]
     assert any("compile cache folder" in n and "compiles again" in n for n in notes)
     assert list((tmp_path / "b").glob("portrait_restored.*"))
-    assert _restore([photos["portrait"]], tmp_path / "c", model_file, "--speed", "compile",
+    assert _restore([photos["portrait"]], tmp_path / "c", model_file, "--speed", "compile", "--strength", "1",
                     "--compile-cache", "none") == 0
     assert len(list(folder.glob("*" + SUFFIX))) == 1 and blocked.read_text() == "not a folder"
