@@ -209,7 +209,11 @@ class Run:
             self.result["steps"].append(step)
             self.write()
             return step
-        inductor = Path(tempfile.mkdtemp(prefix=f"inductor_{role}_", dir=work))
+        if self.a.keep_local_cache:  # a user's next start: Inductor's own cache folder survives too
+            inductor = work / "inductor_shared"
+            inductor.mkdir(exist_ok=True)
+        else:  # only our saved file carries compiled code between processes
+            inductor = Path(tempfile.mkdtemp(prefix=f"inductor_{role}_", dir=work))
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor), TRITON_CACHE_DIR=str(inductor / "triton"),
                    PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         if self.a.tiny:
@@ -378,6 +382,9 @@ def parse(argv=None):
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="cuDNN autotuning in every step (default off, as in the CLI and the nodes)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 560; tiny: none)")
+    ap.add_argument("--keep-local-cache", action="store_true",
+                    help="every step shares one Inductor/Triton cache folder (a user's restart on the same "
+                         "machine, where Inductor's own cache survives beside ours)")
     ap.add_argument("--work", default=None, help="folder for caches and results (default: a temp folder)")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     # child-process arguments
