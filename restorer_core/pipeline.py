@@ -27,6 +27,7 @@ from .paste import PasteConfig, paste_faces
 from .reference_cache import ReferenceCache
 from .report import KEPT, RESTORED, UNCHANGED, FaceRecord, ImageRecord
 from .select import FaceSelection
+from .temporal import strength_smoother
 
 if TYPE_CHECKING:
     from .bank import ReferenceBank
@@ -50,8 +51,10 @@ class RestoreOptions:
     detail finer than the restorer's resolution (see transfer_detail). cache_dir / use_cache: where the
     bank's reference keys/values are cached (None: next to the bank file). temporal: a
     restorer_core.temporal.LandmarkSmoother when the images are consecutive frames of one video,
-    in order: each face's landmarks are smoothed over the frames before alignment (the smoother
-    keeps its state between calls, so frames may come in chunks).
+    in order: each face's landmarks are smoothed over the frames before alignment, and with
+    strength "auto" each tracked face's strength follows its track (temporal.StrengthSmoothing) so
+    that it does not flip between kept and restored (the smoother keeps its state between calls,
+    so frames may come in chunks).
     """
 
     mode: str = "auto"
@@ -281,6 +284,8 @@ class FaceRestorePipeline:
         face index) whose `.restored` is at their crop size, blended with `strength`; each face's
         info carries the strength used (and, for "auto", the detail estimate behind it). A face at
         strength 0 skips the restorer: `.restored` is its input crop and info["kept"] says why.
+        Automatic strengths of faces tracked over frames (info["track"], from options.temporal or
+        temporal.smooth_frames) follow their track; info["detail"] keeps the frame's own estimate.
 
         Raises CancelledError when should_cancel() is true before a batch.
         """
@@ -295,6 +300,7 @@ class FaceRestorePipeline:
             refs = self.reference_kv(bank, options)
         total, done, out = len(ordered), 0, []
         res = self.resolution
+        follow = strength_smoother(options.temporal, ordered) if options.strength == AUTO else None
         for start in range(0, total, options.batch_size):
             if should_cancel is not None and should_cancel():
                 raise CancelledError(f"cancelled after {done} of {total} faces; nothing was written "
@@ -302,6 +308,8 @@ class FaceRestorePipeline:
             chunk = ordered[start:start + options.batch_size]
             t0 = time.perf_counter()
             decided = [face_strength(options.strength, f.crop, f.matrix, res) for f in chunk]
+            if follow is not None:  # frames of a clip: each track's automatic strength over time
+                decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs = {}
             if work:

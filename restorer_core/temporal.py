@@ -10,6 +10,12 @@ after a gap, and on a cut (the landmarks jump or the face changes size more than
 
 Speeds and jumps are measured in face sizes per frame, so the same settings work for a 40 px and
 a 400 px face. Alignment then uses the smoothed landmarks; boxes move with them.
+
+The same tracks carry each face's automatic strength (restorer_core.detail) over the frames: a
+face whose detail sits near the thresholds would otherwise flip between kept (its input pixels)
+and restored from one frame to the next. A higher strength is taken at once, a lower one is
+followed slowly, and a restored face is kept again only after several frames that read sharp
+(StrengthSmoothing); a new face, a gap or a cut starts afresh. Manual strengths are never changed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,27 @@ from .locate import TrackConfig, match_to_tracks
 
 
 @dataclass(frozen=True)
+class StrengthSmoothing:
+    """How a tracked face's automatic strength follows its per-frame value over a clip.
+
+    A higher per-frame strength is taken at once (a face that blurs is restored on that frame); a
+    lower one is followed by at most `fall` per frame; a restored face is kept again (strength 0)
+    only after `keep_after` frames in a row whose own strength is 0, holding its last strength
+    until then. fall=1 with keep_after=0 leaves the per-frame strengths as they are. Lives here,
+    not in detail.DetailConfig, because it is about tracks, cuts and frame order, which only this
+    module knows; detail.py decides one image's strength.
+    """
+
+    fall: float = 0.1
+    keep_after: int = 6
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fall <= 1.0 or self.keep_after < 0:
+            raise ValueError(f"need 0 < fall <= 1 and keep_after >= 0, got fall={self.fall}, "
+                             f"keep_after={self.keep_after}")
+
+
+@dataclass(frozen=True)
 class SmoothingConfig:
     """One-Euro filter settings, per frame (no frame rate needed).
 
@@ -35,7 +62,7 @@ class SmoothingConfig:
     (mean distance, in face sizes) from the last smoothed position that starts the filter
     afresh; cut_scale: the same for a change of face size (|log ratio|). max_gap: frames a face
     may be missing and keep its filter. track: matching faces frame to frame when the caller
-    gives no face numbers.
+    gives no face numbers. strength: how automatic strengths follow each track (StrengthSmoothing).
     """
 
     min_cutoff: float = 0.02
@@ -45,6 +72,7 @@ class SmoothingConfig:
     cut_scale: float = 0.3
     max_gap: int = 1
     track: TrackConfig = field(default_factory=TrackConfig)
+    strength: StrengthSmoothing = field(default_factory=StrengthSmoothing)
 
     def __post_init__(self) -> None:
         if self.min_cutoff <= 0 or self.d_cutoff <= 0 or self.beta < 0:
@@ -95,6 +123,84 @@ def is_cut(previous: np.ndarray, landmarks: np.ndarray, config: SmoothingConfig)
     return jump > config.cut_jump or abs(math.log(scale / prev_scale)) > config.cut_scale
 
 
+@dataclass(frozen=True)
+class StrengthState:
+    """A track's automatic strength after a frame, and how many frames in a row read strength 0."""
+
+    value: float
+    zeros: int
+
+
+def next_strength(previous: Optional[StrengthState], strength: float,
+                  config: StrengthSmoothing) -> StrengthState:
+    """A track's state after a frame whose own automatic strength is `strength` (previous None: the
+    track starts here): rise at once, fall by at most config.fall, reach 0 only after
+    config.keep_after frames in a row at 0 (StrengthSmoothing)."""
+    s = float(strength)
+    zeros = ((previous.zeros if previous is not None else 0) + 1) if s <= 0.0 else 0
+    if previous is None or s >= previous.value:
+        return StrengthState(s, zeros)
+    value = max(s, previous.value - config.fall)
+    if value <= 0.0 and zeros < config.keep_after:
+        value = previous.value  # restored until it has read sharp for keep_after frames
+    return StrengthState(value, zeros)
+
+
+TRACK = "track"  # AlignedFace.info key of a face's FrameTrack
+
+
+@dataclass(frozen=True)
+class FrameTrack:
+    """Which track a face of a frame belongs to: its key, the smoother's frame number, and
+    whether its track started afresh on this frame (a new face, after a gap, or a cut)."""
+
+    key: Hashable
+    frame: int
+    start: bool
+
+
+class StrengthSmoother:
+    """Automatic strengths of tracked faces over frames (StrengthSmoothing); faces must come in
+    frame order. A frame given again (same frame number) is decided again from the state before it."""
+
+    def __init__(self, config: Optional[StrengthSmoothing] = None, max_gap: int = 1):
+        self.config = config or StrengthSmoothing()
+        self.max_gap = max_gap
+        self._tracks: dict = {}  # key -> (frame, state before it, state after it)
+
+    def __call__(self, track: FrameTrack, strength: float) -> float:
+        entry = self._tracks.get(track.key)
+        if entry is not None and entry[0] == track.frame:
+            previous = entry[1]
+        elif entry is None or track.start or entry[0] > track.frame:
+            previous = None
+        else:
+            previous = entry[2]
+        state = next_strength(previous, strength, self.config)
+        self._tracks[track.key] = (track.frame, previous, state)
+        horizon = track.frame - self.max_gap - 1  # an older track can only come back afresh
+        self._tracks = {k: e for k, e in self._tracks.items() if e[0] >= horizon}
+        return state.value
+
+    def follow(self, face: AlignedFace, strength: float) -> float:
+        """The strength for a face: followed over its track when it carries one (info[TRACK])."""
+        track = face.info.get(TRACK)
+        return strength if track is None else self(track, strength)
+
+
+def strength_smoother(temporal: Optional["LandmarkSmoother"],
+                      faces: Sequence[AlignedFace]) -> Optional[StrengthSmoother]:
+    """The smoother for these faces' automatic strengths: the LandmarkSmoother's own (its state
+    carries over between calls), else a fresh one with the default StrengthSmoothing when the
+    faces were tracked by smooth_frames (a whole clip in one call); None when no face is tracked
+    (strengths stay per image)."""
+    if temporal is not None:
+        return temporal.strengths
+    if any(TRACK in f.info for f in faces):
+        return StrengthSmoother()
+    return None
+
+
 @dataclass
 class _Track:
     key: Hashable
@@ -125,21 +231,28 @@ class LandmarkSmoother:
         self._next_key = 0
         self._seen: dict = {}
         self.resets = 0  # filters started afresh on a cut (for reports and tests)
+        self.strengths = StrengthSmoother(self.config.strength, self.config.max_gap)
 
     def smooth(self, detections: Sequence[DetectedFace], keys: Optional[Sequence[Hashable]] = None,
                frame_key: Optional[Hashable] = None) -> list[DetectedFace]:
         """Smoothed detections of one frame, in the given order. keys: the faces' track ids
         (e.g. face numbers from locate's tracking); without them, faces are matched to the last
         frames' faces by position and size."""
+        return self.smooth_tracked(detections, keys, frame_key)[0]
+
+    def smooth_tracked(self, detections: Sequence[DetectedFace], keys: Optional[Sequence[Hashable]] = None,
+                       frame_key: Optional[Hashable] = None) -> tuple:
+        """(smoothed detections, their FrameTracks) of one frame, as `smooth`."""
         if frame_key is not None and frame_key in self._seen:
-            return list(self._seen[frame_key])
+            out, tracks = self._seen[frame_key]
+            return list(out), list(tracks)
         self.frame += 1
         cfg = self.config
         live = {k: t for k, t in self.tracks.items() if self.frame - t.last_frame <= cfg.max_gap + 1}
         self.tracks = live
         if keys is None:
             keys = self._match(detections)
-        out = []
+        out, tags = [], []
         for det, key in zip(detections, keys):
             lm = np.asarray(det.landmarks, dtype=np.float64)
             track = self.tracks.get(key)
@@ -151,13 +264,15 @@ class LandmarkSmoother:
                 track = _Track(key, np.asarray(det.box, dtype=np.float64), self.frame, OneEuroFilter(cfg, lm))
                 self.tracks[key] = track
                 out.append(det)
+                tags.append(FrameTrack(key, self.frame, True))
                 continue
             new = smoothed_detection(det, track.filter(lm))
             track.box, track.last_frame = np.asarray(det.box, dtype=np.float64), self.frame
             out.append(new)
+            tags.append(FrameTrack(key, self.frame, False))
         if frame_key is not None:
-            self._seen = {frame_key: list(out)}  # only the last frame can come again (a retry)
-        return out
+            self._seen = {frame_key: (list(out), list(tags))}  # only the last frame can come again (a retry)
+        return out, tags
 
     def _match(self, detections: Sequence[DetectedFace]) -> list:
         tracks = list(self.tracks.values())
@@ -175,15 +290,17 @@ class LandmarkSmoother:
     def realign(self, faces: Sequence[AlignedFace], image_rgb: np.ndarray, keys: Optional[Sequence] = None,
                 frame_key: Optional[Hashable] = None) -> list[AlignedFace]:
         """Aligned faces of one frame re-cut from `image_rgb` (HxWx3, the pixels they came from)
-        at their smoothed landmarks; same order, crop sizes and indices."""
-        smoothed = self.smooth([f.detection for f in faces], keys, frame_key)
+        at their smoothed landmarks; same order, crop sizes and indices. Each carries its
+        FrameTrack in info[TRACK] (for the automatic strength, see `strengths`)."""
+        smoothed, tags = self.smooth_tracked([f.detection for f in faces], keys, frame_key)
         out = []
-        for face, det in zip(faces, smoothed):
+        for face, det, tag in zip(faces, smoothed, tags):
             if det is face.detection:
-                out.append(face)
-                continue
-            new = align_face(image_rgb, det, face.crop_size, face.image_index, face.face_index)
-            new.info.update(face.info)
+                new = replace(face, info=dict(face.info))
+            else:
+                new = align_face(image_rgb, det, face.crop_size, face.image_index, face.face_index)
+                new.info.update(face.info)
+            new.info[TRACK] = tag
             out.append(new)
         return out
 
@@ -210,12 +327,13 @@ def smooth_frames(frames_faces: Sequence[Sequence[AlignedFace]], config: Optiona
     """Faces of consecutive frames with smoothed detections (not re-cut: callers align them).
 
     use_face_index: the faces carry tracked numbers (locate_faces_batch with track=True), which
-    then identify each face's filter; else faces are matched by position and size."""
+    then identify each face's filter; else faces are matched by position and size. Each face
+    carries its FrameTrack in info[TRACK], so that restoring the clip's faces in one call
+    follows their automatic strengths over the frames (strength_smoother)."""
     smoother = LandmarkSmoother(config)
     out = []
     for faces in frames_faces:
         keys = [f.face_index for f in faces] if use_face_index else None
-        dets = smoother.smooth([f.detection for f in faces], keys)
-        out.append([f if d is f.detection else replace(f, detection=d, info=dict(f.info))
-                    for f, d in zip(faces, dets)])
+        dets, tags = smoother.smooth_tracked([f.detection for f in faces], keys)
+        out.append([replace(f, detection=d, info={**f.info, TRACK: t}) for f, d, t in zip(faces, dets, tags)])
     return out

@@ -1,5 +1,6 @@
 """Landmark smoothing over video frames (restorer_core.temporal): steadies a still face, follows
-real motion, starts afresh on a cut or a new face, keeps faces apart, and reaches the pipeline."""
+real motion, starts afresh on a cut or a new face, keeps faces apart, and reaches the pipeline;
+automatic strengths follow the same tracks so a face does not flip between kept and restored."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from restorer_core.faces import DetectedFace
-from restorer_core.temporal import LandmarkSmoother, SmoothingConfig, face_scale, is_cut, smooth_frames
+from restorer_core.temporal import (FrameTrack, LandmarkSmoother, SmoothingConfig, StrengthSmoother,
+                                    StrengthSmoothing, face_scale, is_cut, smooth_frames)
 
 # a 100 px face: eyes 40 px apart, mouth 45 px below them
 FACE = np.array([[80.0, 100.0], [120.0, 100.0], [100.0, 125.0], [84.0, 145.0], [116.0, 145.0]])
@@ -107,7 +109,10 @@ def test_smooth_frames_uses_face_numbers_as_tracks():
     raw = np.stack([f[0].landmarks for f in frames]).astype(np.float64)
     smooth = np.stack([f[0].landmarks for f in out]).astype(np.float64)
     assert np.abs(np.diff(smooth[4:], axis=0)).mean() < 0.5 * np.abs(np.diff(raw[4:], axis=0)).mean()
-    assert [f[0].face_index for f in out] == [0] * 12 and out[0][0] is frames[0][0]  # first frame raw
+    assert [f[0].face_index for f in out] == [0] * 12
+    np.testing.assert_array_equal(out[0][0].landmarks, frames[0][0].landmarks)  # first frame raw
+    assert [f[0].info["track"].start for f in out] == [True] + [False] * 11
+    assert "track" not in frames[0][0].info  # the caller's faces are not changed
 
 
 def test_pipeline_aligns_frames_at_smoothed_landmarks():
@@ -186,3 +191,152 @@ def test_cli_video_restores_frames_in_order_with_smoothing(tmp_path, model_file,
     assert order == ["frame_1.png", "frame_2.png", "frame_10.png"]
     assert sorted(p.name for p in out.glob("*_restored.png")) == sorted(
         f"frame_{k}_restored.png" for k in (1, 2, 10))
+
+
+# ----------------------------------------------------------------------------- automatic strength
+
+ALTERNATING = [0.0, 0.6] * 10  # a face whose detail sits at the threshold: kept, restored, kept, ...
+
+
+def flips(strengths) -> int:
+    """Changes between kept (strength 0) and restored (> 0) from frame to frame."""
+    kept = [s <= 0.0 for s in strengths]
+    return sum(a != b for a, b in zip(kept, kept[1:]))
+
+
+def follow_one_track(raw, config=None, starts=()):
+    sm = StrengthSmoother(config)
+    return [sm(FrameTrack("a", k, k == 0 or k in starts), s) for k, s in enumerate(raw)]
+
+
+def test_alternating_strength_stays_restored_after_the_first_restored_frame():
+    out = follow_one_track(ALTERNATING)
+    assert flips(ALTERNATING) == 19
+    assert out[0] == 0.0 and all(s > 0.0 for s in out[1:])  # one change, kept -> restored, then none
+    assert all(s >= r for s, r in zip(out, ALTERNATING))  # never less restoration than the frame asks
+    assert max(abs(a - b) for a, b in zip(out[1:], out[2:])) <= 0.1 + 1e-9  # 0.6 <-> 0.5: no pumping
+
+
+def test_strength_rises_at_once_falls_slowly_and_is_kept_after_several_sharp_frames():
+    cfg = StrengthSmoothing(fall=0.1, keep_after=6)
+    raw = [0.0, 0.9] + [0.0] * 12 + [0.7]
+    out = follow_one_track(raw, cfg)
+    assert out[1] == 0.9 and out[-1] == 0.7  # a blurred frame is restored on that frame
+    falling = out[1:14]
+    assert all(0.0 <= a - b <= 0.1 + 1e-9 for a, b in zip(falling, falling[1:]))  # at most `fall` a frame
+    assert out[10] > 0.0 and out[11] == 0.0  # 9 sharp frames bring 0.9 to 0 (10th frame: 0)
+    short = follow_one_track([0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], cfg)
+    assert short[1:6] == pytest.approx([0.2, 0.1, 0.1, 0.1, 0.1])  # held until 6 sharp frames ...
+    assert short[6] == 0.0  # ... then kept
+    assert follow_one_track(ALTERNATING, StrengthSmoothing(fall=1.0, keep_after=0)) == ALTERNATING
+    with pytest.raises(ValueError):
+        StrengthSmoothing(fall=0.0)
+
+
+def test_strength_starts_afresh_on_a_cut_a_new_face_and_a_retried_frame():
+    assert follow_one_track([0.8, 0.0, 0.0], starts=(2,)) == [0.8, pytest.approx(0.7), 0.0]
+    sm = LandmarkSmoother()
+    elsewhere = FACE * 1.3 + [150.0, 40.0]
+    newcomer = FACE + [300.0, 0.0]
+    plan = [([FACE], [0.8]), ([FACE], [0.8]), ([FACE, newcomer], [0.0, 0.0]),
+            ([elsewhere, newcomer], [0.0, 0.0])]
+    got = []
+    for k, (marks, raw) in enumerate(plan):
+        _, tags = sm.smooth_tracked([det(m) for m in marks], [0, 1][:len(marks)], frame_key=f"f{k}")
+        got.append([sm.strengths(t, s) for t, s in zip(tags, raw)])
+    assert got[2][0] == pytest.approx(0.7) and got[2][1] == 0.0  # the old face held, the new one as read
+    assert sm.resets == 1 and got[3][0] == 0.0  # the cut: as read, not held
+    assert got[3][1] == 0.0
+    _, tags = sm.smooth_tracked([det(elsewhere), det(newcomer)], [0, 1], frame_key="f3")  # a retry of the last frame
+    assert sm.strengths(tags[0], 0.5) == 0.5 and sm.strengths(tags[0], 0.0) == 0.0  # from the state before it
+
+
+class ScriptedStrength:
+    """The pipeline's per-face strength decision with scripted automatic strengths (one per face,
+    in the order the pipeline asks), so that the temporal rule is the subject."""
+
+    def __init__(self, raw):
+        self.raw = list(raw)
+        self.asked = 0
+
+    def __call__(self, strength, crop, matrix, resolution, config=None):
+        from restorer_core.detail import AUTO, DetailEstimate
+
+        if strength != AUTO:
+            return float(strength), None
+        s = self.raw[self.asked]
+        self.asked += 1
+        return s, DetailEstimate(0.2, 0.1, 0.2, 200.0, 64, s, 0.0, s)
+
+
+def tiny_pipeline():
+    import torch
+
+    from restorer_core.models.restorer import OneStepRestorer
+    from restorer_core.pipeline import FaceRestorePipeline
+    from tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    pipe = FaceRestorePipeline(OneStepRestorer(tiny_config()).eval())
+    pipe.runner = lambda x, refs, mode, generator=None: 1.0 - x  # restored != input, cheaply
+    return pipe
+
+
+def test_pipeline_follows_automatic_strength_only_with_the_temporal_option(monkeypatch):
+    """restore_images in chunks of 4: with RestoreOptions.temporal the kept/restored decision does
+    not flip; without it the strengths are the frame's own; a manual strength is never changed."""
+    from restorer_core import pipeline as pipeline_module
+    from restorer_core.pipeline import RestoreOptions
+
+    class Detector:
+        def detect(self, image):
+            return [det(FACE)]
+
+    pipe = tiny_pipeline()
+    frames = [np.full((300, 300, 3), 100, np.uint8) for _ in range(12)]
+    raw = ALTERNATING[:12]
+    results = {}
+    for name, strength, temporal in (("per frame", "auto", False), ("temporal", "auto", True),
+                                     ("manual", 0.4, True), ("manual 0", 0.0, True)):
+        monkeypatch.setattr(pipeline_module, "face_strength", ScriptedStrength(raw))
+        options = RestoreOptions(detector="fake", crop_size=64, strength=strength,
+                                 temporal=LandmarkSmoother() if temporal else None)
+        pipe.add_detector(options, Detector())
+        faces = []
+        for start in range(0, 12, 4):
+            names = [f"frame{start + k}" for k in range(4)]
+            faces += [r.faces[0] for r in pipe.restore_images(frames[start:start + 4], None, options, names=names)]
+        results[name] = faces
+    per_frame = [f.info["strength"] for f in results["per frame"]]
+    assert per_frame == raw and flips(per_frame) == 11
+    assert [bool(f.info.get("kept")) for f in results["per frame"]] == [s == 0.0 for s in raw]
+    followed = [f.info["strength"] for f in results["temporal"]]
+    assert followed[0] == 0.0 and all(s > 0.0 for s in followed[1:])
+    assert [bool(f.info.get("kept")) for f in results["temporal"]] == [True] + [False] * 11
+    assert [f.info["detail"]["strength"] for f in results["temporal"]] == raw  # the frame's own estimate
+    restored = results["temporal"][2]  # raw 0, followed 0.5: blended, not the input
+    assert not np.allclose(restored.restored, restored.crop.astype(np.float32))
+    assert [f.info["strength"] for f in results["manual"]] == [0.4] * 12
+    assert all(f.info.get("kept") for f in results["manual 0"])
+
+
+def test_faces_tracked_by_smooth_frames_follow_their_strength_in_one_call(monkeypatch):
+    """The nodes' path: Detect Faces with smooth_landmarks tags each face with its track, and one
+    restore_faces call over the clip follows them; untracked faces keep their own strengths."""
+    from restorer_core import pipeline as pipeline_module
+    from restorer_core.align import align_face
+    from restorer_core.pipeline import RestoreOptions
+
+    image = np.full((300, 300, 3), 100, np.uint8)
+    frames = [[align_face(image, det(FACE), 64, k, 0)] for k in range(10)]
+    pipe = tiny_pipeline()
+    raw = ALTERNATING[:10]
+    for tracked in (False, True):
+        faces = [f for per in (smooth_frames(frames) if tracked else frames) for f in per]
+        monkeypatch.setattr(pipeline_module, "face_strength", ScriptedStrength(raw))
+        out = pipe.restore_faces(faces, None, RestoreOptions(crop_size=64))
+        strengths = [f.info["strength"] for f in out]
+        if tracked:
+            assert strengths[0] == 0.0 and all(s > 0.0 for s in strengths[1:])
+        else:
+            assert strengths == raw
