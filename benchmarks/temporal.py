@@ -19,7 +19,15 @@ Measured, per run:
   frame's coordinates, then the mean absolute change between consecutive frames (0..255) inside
   the face (an ellipse through the eyes and mouth), the pair across the cut left out; the same
   for the input frames as the floor set by the noise and JPEG;
-- the first 3 frames after the cut (a filter that failed to reset would drag the old framing).
+- the first 3 frames after the cut (a filter that failed to reset would drag the old framing);
+- kept/restored flips of the automatic strength: frames whose face changes between kept
+  (strength 0, input pixels) and restored, the pair across the cut left out, per frame and
+  followed over the track (temporal.StrengthSmoothing), from a pass without the restorer (detect,
+  align at smoothed landmarks, estimate), on the clip and on a near-threshold variant (the photo
+  shrunk and blurred so that its face reads just at the "sharp" threshold).
+
+The restoring runs use strength 1: at the default model's resolution the clip's face reads sharp
+(automatic strength 0 on every frame), so with "auto" both runs would keep the input frames.
 """
 
 from __future__ import annotations
@@ -116,11 +124,40 @@ def landmark_stats(found: list, truth: list, skip_pair: int) -> dict:
             "after_cut_error_pct": [round(float(v), 2) for v in err_pct[skip_pair:skip_pair + 3]]}
 
 
-def run(pipeline, frames: list, smoothing: bool, config: SmoothingConfig) -> tuple:
-    """Restore the clip in chunks like the CLI; (output frames, landmarks per frame, seconds)."""
+def flips(kept: list, skip_pair: int) -> int:
+    """Changes between kept and restored from frame to frame, the pair (skip_pair-1, skip_pair) left out."""
+    return sum(kept[k] != kept[k - 1] for k in range(1, len(kept)) if k != skip_pair)
+
+
+def near_threshold(photo: np.ndarray, scale: float = 0.8, sigma: float = 2.5) -> np.ndarray:
+    """The photo resized (area) and blurred so that the shipped photo's face reads just at the
+    sharp threshold for the default model (automatic strength 0 to ~0.05)."""
+    small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(small, (0, 0), sigma), 0, 255).astype(np.uint8)
+
+
+def strength_pass(pipeline, frames: list, config: SmoothingConfig) -> tuple:
+    """Automatic strengths of the clip's face without restoring: (per frame, followed over its track)."""
+    from restorer_core.detail import AUTO, face_strength
     from restorer_core.pipeline import RestoreOptions
 
-    options = RestoreOptions(temporal=LandmarkSmoother(config) if smoothing else None, use_cache=False)
+    options = RestoreOptions(temporal=LandmarkSmoother(config), use_cache=False)
+    own, followed = [], []
+    for k, frame in enumerate(frames):
+        faces, _ = pipeline.locate(frame, options, k)
+        (face,) = options.temporal.realign(faces, frame, frame_key=k)
+        strength, _ = face_strength(AUTO, face.crop, face.matrix, pipeline.resolution)
+        own.append(strength)
+        followed.append(options.temporal.strengths.follow(face, strength))
+    return own, followed
+
+
+def run(pipeline, frames: list, smoothing: bool, config: SmoothingConfig) -> tuple:
+    """Restore the clip at strength 1 in chunks like the CLI; (output frames, landmarks per frame, seconds)."""
+    from restorer_core.pipeline import RestoreOptions
+
+    options = RestoreOptions(temporal=LandmarkSmoother(config) if smoothing else None, use_cache=False,
+                             strength=1.0)
     outs, marks = [], []
     t0 = time.perf_counter()
     for start in range(0, len(frames), CHUNK):
@@ -169,6 +206,17 @@ def main(argv=None) -> int:
 
     config = SmoothingConfig()
     pipeline = FaceRestorePipeline(load_any_restorer(None), speed="auto")
+    t0 = time.perf_counter()
+    passes = {}
+    near_frames, _ = make_clip(near_threshold(photo), n, cut_at)
+    for clip_name, clip in (("the clip", frames), ("near-threshold variant", near_frames)):
+        own, followed = strength_pass(pipeline, clip, config)
+        passes[clip_name] = {
+            "strength_range": [round(min(own), 3), round(max(own), 3)],
+            "kept_frames": [sum(s <= 0.0 for s in own), sum(s <= 0.0 for s in followed)],
+            "flips": [flips([s <= 0.0 for s in own], cut_at), flips([s <= 0.0 for s in followed], cut_at)]}
+        print(clip_name, passes[clip_name])
+    pass_seconds = time.perf_counter() - t0
     rows = {}
     for name, smoothing in (("per-frame landmarks", False), ("smoothed landmarks", True)):
         outs, marks, secs = run(pipeline, frames, smoothing, config)
@@ -191,9 +239,11 @@ def main(argv=None) -> int:
         f"JPEG q60 per frame, a cut to another framing at frame {cut_at}. Default model, visual "
         f"prompt, frames in chunks of {CHUNK}. Smoothing: One-Euro filter, min_cutoff "
         f"{config.min_cutoff}, beta {config.beta}, d_cutoff {config.d_cutoff}, reset on a jump > "
-        f"{config.cut_jump} face sizes or a size change > {config.cut_scale} (log).",
+        f"{config.cut_jump} face sizes or a size change > {config.cut_scale} (log). Strength following "
+        f"(second table): fall {config.strength.fall}/frame, kept again after "
+        f"{config.strength.keep_after} frames that read sharp.",
         "",
-        "| run | landmark error (% face) | landmark jitter (% face) | jitter (px) | restored-face flicker (0..255) | error on the 3 frames after the cut (% face) | ms/frame |",
+        "| run (strength 1) | landmark error (% face) | landmark jitter (% face) | jitter (px) | restored-face flicker (0..255) | error on the 3 frames after the cut (% face) | ms/frame |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, s in rows.items():
@@ -203,6 +253,19 @@ def main(argv=None) -> int:
     lines += [
         f"| input frames (noise + JPEG floor) | | | | {floor:.2f} | | |",
         f"| clean moved photo (warp-back floor) | | | | {clean:.2f} | | |",
+        "",
+        f"Automatic strength (\"auto\") without the restorer: detect, align at smoothed landmarks, "
+        f"estimate; {n} frames each, {pass_seconds:.0f} s for both clips. Near-threshold variant: the "
+        "photo at 0.8x (area) blurred with sigma 2.5 px, then the same motion, noise, JPEG and cut. "
+        "Flips: kept/restored changes from frame to frame, per frame vs followed over the track.",
+        "",
+        "| clip | automatic strength per frame (min-max) | kept frames (per frame / followed) | flips per frame | flips followed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, p in passes.items():
+        lines.append(f"| {name} | {p['strength_range'][0]:.3f}-{p['strength_range'][1]:.3f} | "
+                     f"{p['kept_frames'][0]} / {p['kept_frames'][1]} | {p['flips'][0]} | {p['flips'][1]} |")
+    lines += [
         "",
         "Face size = mean of the eye distance and the eyes-to-mouth distance of the true landmarks. "
         "Jitter = RMS frame-to-frame change of the landmark error (what moves the aligned crop); "
@@ -217,7 +280,8 @@ def main(argv=None) -> int:
     write_text_atomic(out.with_suffix(".json"), json.dumps(
         {"frames": n, "cut_at": cut_at, "photo": Path(args.photo).name, "box": args.box, "machine": machine,
          "config": {k: getattr(config, k) for k in ("min_cutoff", "beta", "d_cutoff", "cut_jump", "cut_scale")},
-         "runs": rows, "input_flicker": floor, "clean_flicker": clean}, indent=2) + "\n")
+         "strength": {"fall": config.strength.fall, "keep_after": config.strength.keep_after},
+         "runs": rows, "strength_passes": passes, "input_flicker": floor, "clean_flicker": clean}, indent=2) + "\n")
     print("\n".join(lines))
     return 0
 
