@@ -66,6 +66,8 @@ def smoothing_input() -> tuple:
                         "tooltip": "For video frames (the batch is a clip, in order): align each face at "
                                    "its landmarks smoothed over the frames, so the restored face does not "
                                    "jitter. Follows real motion, starts afresh on a cut or a new face. "
+                                   "With automatic strength, each face's strength also follows its track, "
+                                   "so it does not flip between kept and restored from frame to frame. "
                                    "Default off (for unrelated images)."})
 
 

@@ -914,7 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--video", action="store_true",
                    help="the inputs are the frames of one video (a folder of frames; numbers in names in "
                         "numeric order): each face's landmarks are smoothed over the frames so restored "
-                        "faces do not jitter")
+                        "faces do not jitter, and with --strength auto its strength follows the face "
+                        "so it does not flip between kept and restored")
     _add_detector_args(r)
     r.set_defaults(func=cmd_restore)
 
