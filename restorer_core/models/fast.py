@@ -249,8 +249,9 @@ class FastRestorer:
         inputs = dict(inputs, context=inputs["context"].contiguous())
         if refs is not None and refs.keys[0].device != r.device:
             refs = refs.to(r.device)
+        signature = _signature(inputs, refs)  # the mask is no part of it: same before and after it is dropped
         if self.speed.compile_mode:
-            self._compile_once(inputs, refs)
+            self._compile_once(inputs, refs, signature)
         graphable = refs is None or refs.mask is None or bool(refs.mask.all())
         if not (self.speed.cuda_graph and r.device.type == "cuda" and graphable):
             with r.references_installed(refs):
@@ -259,7 +260,7 @@ class FastRestorer:
             refs = ReferenceKV(list(refs.layers), refs.keys, refs.values, None)
         if self._weights is None:
             self._weights = WeightLocations(r)
-        key = (_signature(inputs, refs), self._weights.key())
+        key = (signature, self._weights.key())
         captured = self._graphs.get(key)
         if captured is None:
             # captures for weights that since moved would replay reading freed memory
@@ -268,12 +269,12 @@ class FastRestorer:
             self._graphs[key] = captured
         return captured.replay(inputs, refs)
 
-    def _compile_once(self, inputs: dict, refs: Optional[ReferenceKV]) -> None:
+    def _compile_once(self, inputs: dict, refs: Optional[ReferenceKV], signature: tuple) -> None:
         """The first compiled call of an input signature, outside any CUDA graph: loads the
         persisted compiled code when there is some, else compiles (announced) and saves it.
         Any failure becomes CompileError."""
         r = self.restorer
-        sig = (_signature(inputs, refs), refs is not None and refs.mask is not None)
+        sig = (signature, refs is not None and refs.mask is not None)
         if sig in self._compiled:
             return
         key, loaded, where = None, False, ""
