@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from restorer_core.loaders.project_format import load_restorer
@@ -47,3 +48,30 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert lr_at(0, cfg) < lr_at(9, cfg) == 1e-3
     assert abs(lr_at(10, cfg) - 1e-3) < 1e-12
     assert abs(lr_at(110, cfg) - 1e-4) < 1e-12 and lr_at(60, cfg) < 1e-3
+
+
+def test_discriminator_comes_back_in_float16_and_starts_a_later_run(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from restorer_core.train.gan import MultiScaleDiscriminator
+    from restorer_core.train.train_restorer import DISCRIMINATOR_FILE, load_discriminator
+
+    cache = tmp_path / "faces.npz"
+    write_cache(cache, _synthetic()[0])
+    cfg = _config(tmp_path, cache)
+    train(cfg)
+    saved = tmp_path / "run" / DISCRIMINATOR_FILE
+    tensors = load_file(saved)
+    assert tensors and all(t.dtype == torch.float16 for t in tensors.values())
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["disc"]
+    fresh = MultiScaleDiscriminator()
+    load_discriminator(fresh, str(saved))
+    for k, v in fresh.state_dict().items():  # the checkpoint's weights, to float16 precision
+        assert torch.allclose(v, trained[k].float(), rtol=1e-3, atol=1e-4), k
+
+    bad = tmp_path / "other.safetensors"
+    save_file({k: v for k, v in list(tensors.items())[1:]}, str(bad))
+    other = _config(tmp_path / "b", cache)
+    other.init_discriminator = str(bad)
+    with pytest.raises(ValueError, match="does not hold this discriminator"):
+        train(other)  # a new run reads the file it is given, and refuses one that does not fit

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_path
@@ -71,6 +71,9 @@ class TrainConfig:
     resolution: int = 128
     log_every: int = 50
     init: Optional[str] = None  # a project-format restorer to start from (new parts start fresh)
+    # a discriminator.safetensors of an earlier run to start the adversarial term from (a fresh
+    # discriminator starts at chance and needs thousands of steps before its signal is useful)
+    init_discriminator: Optional[str] = None
     ref_id_tokens: int = 4  # reference-identity channel width (0: no channel)
     identity_views: int = 1  # identity loss averaged over this many shifted/zoomed/mirrored views
     d_lr: float = 2e-4
@@ -176,6 +179,27 @@ def _atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+
+
+def save_discriminator(disc: nn.Module, path: Path) -> None:
+    """The discriminator's weights in float16 (small enough to come back from a GPU machine), so a
+    later run can continue the adversarial term (TrainConfig.init_discriminator)."""
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in disc.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"format": "onestep-face-restore/discriminator-1"})
+
+
+def load_discriminator(disc: nn.Module, path: str) -> None:
+    """Load weights written by save_discriminator; ValueError saying why when they do not fit."""
+    tensors = load_file(path)
+    own = disc.state_dict()
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        raise ValueError(f"{path} does not hold this discriminator's weights (MultiScaleDiscriminator with "
+                         "the default config); start without --init-discriminator")
+    disc.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -278,6 +302,10 @@ def train(cfg: TrainConfig) -> dict:
         step, elapsed_total = int(state["step"]), float(state["elapsed"])
         if rank == 0:
             print(f"resumed from {ckpt_path} at step {step} ({elapsed_total / 60:.1f} min trained)")
+    elif use_gan and cfg.init_discriminator:
+        load_discriminator(disc, cfg.init_discriminator)
+        if rank == 0:
+            print(f"discriminator initialised from {cfg.init_discriminator}", flush=True)
 
     identity_loss = None if identity is None else IdentityLoss(
         identity, IdentityLossConfig(views=cfg.identity_views, features=cfg.weights.identity_features > 0))
@@ -383,6 +411,8 @@ def train(cfg: TrainConfig) -> dict:
             f.write(json.dumps({"step": step, "val": metrics, "final": True}) + "\n")
         ema.invalidate_weight_hash()
         save_restorer(out_dir / "restorer.safetensors", ema, info={"training": summary}, overwrite=True)
+        if use_gan:
+            save_discriminator(disc, out_dir / DISCRIMINATOR_FILE)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         print("summary", json.dumps(summary, default=str), flush=True)
     if world > 1:
@@ -407,6 +437,8 @@ def main(argv=None) -> None:
     p.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="project-format restorer to start from")
+    p.add_argument("--init-discriminator", default=None,
+                   help="discriminator.safetensors of an earlier run to continue the adversarial term from")
     p.add_argument("--ref-id-tokens", type=int, default=TrainConfig.ref_id_tokens)
     p.add_argument("--face-id-network", default=TrainConfig.face_id_network,
                    choices=("identity_embedder", "mobilefacenet"))
