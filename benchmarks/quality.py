@@ -682,6 +682,24 @@ def markdown(res: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_path(ap: argparse.ArgumentParser, write: Optional[str]) -> Optional[Path]:
+    """--write MD checked before any work: a new file (with its .json) in an existing folder."""
+    out = Path(write) if write else None
+    if out is not None and (out.exists() or out.with_suffix(".json").exists()):
+        ap.error(f"{out} or its .json exists; choose a new name (results are never overwritten)")
+    if out is not None and not out.parent.is_dir():
+        ap.error(f"folder {out.parent} does not exist")
+    return out
+
+
+def write_results(out: Optional[Path], res: dict, md: str) -> None:
+    """The markdown at `out` and the JSON next to it, atomically (nothing when out is None)."""
+    if out is not None:
+        write_text_atomic(out.with_suffix(".json"), json.dumps(res, indent=1) + "\n")
+        write_text_atomic(out, md)
+        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=QualityConfig.data, help="face cache .npz (restorer_core.train.prepare)")
@@ -697,21 +715,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--write", default=None, metavar="MD",
                     help="write the markdown here and the JSON next to it (.json); never overwrites")
     a = ap.parse_args(argv)
-    out = Path(a.write) if a.write else None
-    if out is not None and (out.exists() or out.with_suffix(".json").exists()):
-        ap.error(f"{out} or its .json exists; choose a new name (results are never overwritten)")
-    if out is not None and not out.parent.is_dir():
-        ap.error(f"folder {out.parent} does not exist")
+    out = results_path(ap, a.write)
     cfg = QualityConfig(data=a.data, v1=a.v1, model=a.model, targets_per_identity=a.targets_per_identity,
                         people=a.people, scales=tuple(int(s) for s in a.scales.split(",") if s),
                         clean=not a.no_clean, lfw_case=not a.no_lfw_case, threads=a.threads)
     res = run(cfg)
     md = markdown(res, a.title)
     print(md)
-    if out is not None:
-        write_text_atomic(out.with_suffix(".json"), json.dumps(res, indent=1) + "\n")
-        write_text_atomic(out, md)
-        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    write_results(out, res, md)
     return 0
 
 
