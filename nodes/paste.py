@@ -19,7 +19,8 @@ def paste_inputs() -> dict:
         "mask_shape": (list(ops.MASK_SHAPES), {"default": "landmarks",
                        "tooltip": "Region blended into the image. landmarks (default): an ellipse fitted "
                                   "to the eyes, nose and mouth. ellipse: a fixed ellipse of the crop (for "
-                                  "odd landmarks). box: the whole crop (shows seams; for debugging)."}),
+                                  "odd landmarks). box: the whole crop minus a soft border: also restores hair and ears "
+                                  "(old photos), may leave a visible edge on textured backgrounds."}),
         "feather": ("FLOAT", {"default": 24.0, "min": 0.0, "max": 128.0, "step": 1.0,
                     "tooltip": "Width of the soft edge, in pixels of a 512 px face crop (default 24). "
                                 "Raise it when a seam shows, lower it when the face looks washed out "

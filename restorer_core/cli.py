@@ -885,7 +885,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPUs may then differ by a few 1/255; off: reproducible pixels)")
     r.add_argument("--max-refs", type=int, default=4, help="reference faces used (default 4)")
     r.add_argument("--color-fix", default="wavelet", choices=COLOR_FIXES)
-    r.add_argument("--mask", default="landmarks", choices=MASK_SHAPES)
+    r.add_argument("--mask", default="landmarks", choices=MASK_SHAPES,
+                   help="region pasted back: landmarks (default) the face oval; ellipse a fixed oval; box the "
+                        "whole crop, hair and ears too (old photos; may show an edge on textured backgrounds)")
     r.add_argument("--feather", type=float, default=24.0, help="mask softening, px of a 512 crop")
     r.add_argument("--erosion", type=float, default=8.0, help="mask shrink, px of a 512 crop")
     r.add_argument("--strength", default="auto",
