@@ -159,3 +159,43 @@ def test_loader_errors_are_clear(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_face_id(tmp_path / "junk.safetensors")
+
+
+def _two_output_model(tmp_path: Path, size: int = 24) -> tuple[Path, dict]:
+    """The tiny graph with a declared input size and a second output beside the embedding."""
+    path, expect = _tiny_model(tmp_path)
+    doc = json.loads(path.read_text())
+    nodes = doc["modelTopology"]["node"]
+    nodes[0]["attr"]["shape"] = {"shape": {"dim": [{"size": "-1"}, {"size": str(size)}, {"size": str(size)},
+                                                   {"size": "3"}]}}
+    nodes[-1]["name"] = "global_pooling/Mean"
+    nodes.append({"name": "other", "op": "Relu", "input": ["conv"]})
+    path.write_text(json.dumps(doc))
+    return path, expect
+
+
+def test_faceres_preset_picks_the_embedding_output_input_range_and_framing(tmp_path):
+    path, expect = _two_output_model(tmp_path)
+    with pytest.raises(TfjsFormatError, match="2 outputs"):
+        MobileFaceNet.from_tfjs(path)  # without a preset the embedding output is ambiguous
+    out = tmp_path / "faceres.safetensors"
+    assert convert_main(["--preset", "faceres", "--json", str(path), "--out", str(out)]) == 0
+    embedder = load_face_id(out)
+    assert embedder.input_size == 24 and embedder.net.framing == "centre:0.8" and embedder.embedding_dim == 4
+
+    crops = torch.rand(2, 3, 30, 30)
+    seen = embedder.to_network_input(crops)  # the central 24 px of a 30 px crop: no resampling
+    torch.testing.assert_close(seen, crops[..., 3:27, 3:27])
+    x = seen.permute(0, 2, 3, 1).double().numpy() * 255.0  # RGB 0..255, as HSE FaceRes was trained
+    ref = np.maximum(x @ expect["w"][0, 0].astype(np.float64) + expect["b"], 0.0).mean(axis=(1, 2))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(embedder(crops).numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_framing_is_refused(tmp_path):
+    from restorer_core.face_id.mobilefacenet import check_framing
+
+    assert check_framing("arcface") == 0.0 and check_framing("centre:0.8") == 0.8
+    for bad in ("centre:0", "centre:1.5", "centre:x", "box"):
+        with pytest.raises(ValueError, match="framing"):
+            check_framing(bad)

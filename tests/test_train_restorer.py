@@ -75,3 +75,14 @@ def test_discriminator_comes_back_in_float16_and_starts_a_later_run(tmp_path):
     other.init_discriminator = str(bad)
     with pytest.raises(ValueError, match="does not hold this discriminator"):
         train(other)  # a new run reads the file it is given, and refuses one that does not fit
+
+
+def test_identity_loss_network_is_the_file_given(tmp_path):
+    from restorer_core.errors import ModelNotFoundError
+
+    cache = tmp_path / "faces.npz"
+    write_cache(cache, _synthetic()[0])
+    cfg = _config(tmp_path, cache)
+    cfg.identity_loss_network = str(tmp_path / "missing_face_id.safetensors")
+    with pytest.raises(ModelNotFoundError, match="missing_face_id"):
+        train(cfg)  # read before any step: a wrong path fails at once

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ModelNotFoundError
 from ..identity import cosine_similarity as similarity
 from ..identity import embed_faces as embed_crops
-from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, load_mobilefacenet, save_face_id
+from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, check_framing, load_mobilefacenet, save_face_id
 from .warp import ARCFACE_TEMPLATE_112, ffhq_to_arcface_matrix, warp_ffhq_to_arcface
 
 DEFAULT_FACE_ID_PATH = Path(__file__).resolve().parent.parent / "assets" / "models" / "mobilefacenet.safetensors"
@@ -43,10 +43,19 @@ class FaceIdEmbedder(nn.Module):
         self.input_size = net.input_size
 
     def to_network_input(self, crops: torch.Tensor) -> torch.Tensor:
-        """The ArcFace-aligned 112 px crops the network sees (differentiable warp)."""
+        """The crops the network sees, in its framing (differentiable): ArcFace-aligned, or the
+        central fraction of the FFHQ-aligned crop ("centre:F"), resized to its input size."""
         if crops.ndim != 4 or crops.shape[1] != 3:
             raise ValueError(f"FaceIdEmbedder expects [B, 3, S, S] RGB crops in 0..1, got {tuple(crops.shape)}")
-        return warp_ffhq_to_arcface(crops, self.input_size)
+        fraction = check_framing(self.net.framing)
+        if not fraction:
+            return warp_ffhq_to_arcface(crops, self.input_size)
+        size = crops.shape[-1]
+        keep = max(1, int(round(size * fraction)))
+        start = (size - keep) // 2
+        centre = crops[..., start:start + keep, start:start + keep]
+        return F.interpolate(centre, size=(self.input_size, self.input_size), mode="bilinear",
+                             align_corners=False, antialias=keep > self.input_size)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(self.to_network_input(crops)).float(), dim=-1)

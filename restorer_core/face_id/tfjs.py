@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -71,6 +71,11 @@ class TfjsGraph:
     @property
     def placeholders(self) -> list[str]:
         return [n.name for n in self.nodes if n.op == "Placeholder"]
+
+    def placeholder_shape(self, name: str) -> Optional[tuple]:
+        """The declared shape of an input placeholder (NHWC, -1 for any), or None."""
+        shape = self.node(name).attrs.get("shape")
+        return tuple(shape) if shape else None
 
     @property
     def outputs(self) -> list[str]:

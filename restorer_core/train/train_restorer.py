@@ -66,6 +66,9 @@ class TrainConfig:
     val_samples: int = 96
     seed: int = 0
     identity_weights: Optional[str] = None  # None: the restorer's own face-ID network (or the shipped one)
+    # a converted face-ID network file (restorer_core.face_id.convert) for the identity loss and the
+    # validation identity metric, instead of the reference channel's own network (which stays as is)
+    identity_loss_network: Optional[str] = None
     face_id_network: str = "identity_embedder"  # identity loss and reference-identity channel
     mixed_precision: str = "bf16"
     resolution: int = 128
@@ -273,7 +276,11 @@ def train(cfg: TrainConfig) -> dict:
 
     identity = None
     if cfg.weights.identity > 0 or cfg.weights.identity_features > 0:
-        if model.face_id is not None and not cfg.identity_weights:
+        if cfg.identity_loss_network:
+            from ..face_id import load_face_id
+
+            identity = load_face_id(cfg.identity_loss_network)
+        elif model.face_id is not None and not cfg.identity_weights:
             identity = model.face_id  # the channel's own frozen network
         else:
             from ..models.ref_identity import build_face_id_network
@@ -434,6 +441,8 @@ def main(argv=None) -> None:
     p.add_argument("--val-samples", type=int, default=96)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--identity", dest="identity_weights", default=None)
+    p.add_argument("--identity-loss-network", default=None,
+                   help="converted face-ID file (python -m restorer_core.face_id.convert) for the identity loss")
     p.add_argument("--mixed-precision", default="bf16", choices=["bf16", "fp16", "no"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="project-format restorer to start from")
