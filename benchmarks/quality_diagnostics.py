@@ -164,7 +164,7 @@ def markdown(r: dict) -> str:
         return f"| {name} | {s['mean']:.{digits}f} ± {s['std']:.{digits}f} | {margin} |"
 
     lines = ["# Quality diagnostics: where the PSNR and reference-identity misses come from",
-             "", f"Model: `{r['model'].get('path', r['model'])}`. {r['people']} held-out people (one target each, "
+             "", f"Model: `{r['model'].get('path', r['model'])}` (sha256 {r['model'].get('weights_sha256', '?')[:12]}…). {r['people']} held-out people (one target each, "
              f"the samples and seeds of benchmarks/quality.py). Run: `python benchmarks/quality_diagnostics.py` on the "
              f"2-core CPU dev machine, torch {r['torch']} ({r['threads']} thread), {r['seconds'] / 60:.1f} min. "
              "Means over people ± std; margins with a 95% bootstrap CI over people.", "",
