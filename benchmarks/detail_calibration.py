@@ -19,7 +19,6 @@ photos' 10 % quantile of the effective detail (so ~90 % of clean photos get stre
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, HERE):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,6 +39,7 @@ from restorer_core.detail import DEFAULT_DETAIL, DetailConfig, estimate_detail  
 from restorer_core.detect import create_detector  # noqa: E402
 from restorer_core.train.degrade import DegradationConfig, degrade, degrade_fixed  # noqa: E402
 from restorer_core.train.prepare import SPLIT_TRAIN, face_priority  # noqa: E402
+from shared_data import shared_dir  # noqa: E402
 
 RESULTS_MD = HERE / "results" / "detail_calibration.md"
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -63,10 +64,6 @@ def degraded(clean: np.ndarray, cond: str, seed: int) -> np.ndarray:
     if cond in OLD_PHOTO:
         return degrade(clean, np.random.default_rng(seed), OLD_PHOTO[cond])
     return degrade_fixed(clean, int(cond[1:]), seed)
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("SHARED_DIR", REPO.parent / "shared")).resolve()
 
 
 def training_photos(data: str, count: int, seed: int) -> list:

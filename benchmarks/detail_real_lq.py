@@ -12,7 +12,6 @@ ratio alone); "after" is DEFAULT_DETAIL. Faces are found and cut as the pipeline
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,13 +32,10 @@ from restorer_core.detail import DEFAULT_DETAIL, estimate_detail  # noqa: E402
 from restorer_core.detect import cached_detector  # noqa: E402
 from restorer_core.imageio import load_image, to_rgb8  # noqa: E402
 from restorer_core.locate import locate_faces_report  # noqa: E402
+from shared_data import shared_dir  # noqa: E402
 
 RESULTS_MD = HERE / "results" / "detail_real_lq.md"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("SHARED_DIR", REPO.parent / "shared")).resolve()
 
 
 def whole_images(real_lq: Path) -> list:

@@ -17,7 +17,6 @@ face), the detections each detector makes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, HERE):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -36,14 +36,11 @@ from restorer_core.detect import RETRY_THRESHOLDS, create_detector  # noqa: E402
 from restorer_core.detect.base import box_iou  # noqa: E402
 from restorer_core.train.degrade import degrade_fixed  # noqa: E402
 from restorer_core.train.prepare import SPLIT_VAL, face_priority  # noqa: E402
+from shared_data import shared_dir  # noqa: E402
 
 RESULTS_MD = HERE / "results" / "detection_rate.md"
 SCALES = (4, 8, 16)
 PATCH, STEP = 160, 80
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("SHARED_DIR", REPO.parent / "shared")).resolve()
 
 
 def validation_photos(data: str) -> list:

@@ -44,12 +44,14 @@ from typing import Any, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, HERE):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from shared_data import shared_dir  # noqa: E402
 
 from restorer_core.align import align_face, template_landmarks  # noqa: E402
 from restorer_core.atomic import write_text_atomic  # noqa: E402
@@ -89,10 +91,6 @@ class QualityConfig:
     face_size: int = 256  # crops are Lanczos-upscaled to this before dlib
     bootstrap: int = 10000
     bootstrap_seed: int = 0
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("SHARED_DIR", REPO.parent / "shared")).resolve()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

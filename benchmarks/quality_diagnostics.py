@@ -50,10 +50,9 @@ PASTES = {"landmarks (default)": PasteConfig(), "ellipse": PasteConfig(mask="ell
 CHANNELS = ("no refs", "shared attention only", "identity tokens only", "both (shipped)", "wrong person, both")
 
 
-def model_frame(rgb: np.ndarray, det, res: int) -> np.ndarray:
-    """The restorer's input as the pipeline makes it (512 px aligned crop resized to `res`), float 0..1."""
-    crop = align_face(rgb, det, 512).crop
-    return resize_square(crop, res)
+def model_frame(rgb: np.ndarray, det, crop_size: int, res: int) -> np.ndarray:
+    """The restorer's input as the pipeline makes it (the aligned crop resized to `res`), float 0..1."""
+    return resize_square(align_face(rgb, det, crop_size).crop, res)
 
 
 def run_alone(restorer, crop: np.ndarray) -> np.ndarray:
@@ -88,7 +87,7 @@ def run(a) -> dict:
     restorer = load_any_restorer(a.model, device="cpu", dtype="float32")
     pipe = FaceRestorePipeline(restorer, speed="eager")
     pipe.add_detector(RestoreOptions(), detector)
-    res = pipe.resolution
+    res, crop_size = pipe.resolution, pipe.crop_size(RestoreOptions())
     psnr_rows: dict = {}
     ident_rows: dict = {}
     hq, person = [], []
@@ -99,13 +98,13 @@ def run(a) -> dict:
             continue
         hq.append(Q.crop_at(clean, det, Q.CROP))
         person.append(s.person)
-        target_frame = Q._u8(model_frame(clean, det, res))
+        target_frame = Q._u8(model_frame(clean, det, crop_size, res))
         banks = {"right": build_bank(s.refs, detector), "wrong": build_bank(s.wrong_refs, detector)}
         for cond in ("x4", "x8", "x16"):
             lq = Q.condition_input(clean, cond, cfg.seed + 7919 * i + int(cond[1:]))
             if cond != "x16":  # A: PSNR
                 rows = psnr_rows.setdefault(cond, {})
-                frame = model_frame(lq, det, res)
+                frame = model_frame(lq, det, crop_size, res)
                 rows.setdefault("bicubic (restorer's frame)", []).append(Q.psnr(Q._u8(frame)[None], target_frame[None])[0])
                 rows.setdefault("restorer alone (restorer's frame)", []).append(
                     Q.psnr(Q._u8(run_alone(restorer, frame))[None], target_frame[None])[0])

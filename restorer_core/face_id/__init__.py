@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ModelNotFoundError
 from ..identity import cosine_similarity as similarity
 from ..identity import embed_faces as embed_crops
-from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, check_framing, load_mobilefacenet, save_face_id
+from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, load_mobilefacenet, save_face_id
 from .warp import ARCFACE_TEMPLATE_112, ffhq_to_arcface_matrix, warp_ffhq_to_arcface
 
 DEFAULT_FACE_ID_PATH = Path(__file__).resolve().parent.parent / "assets" / "models" / "mobilefacenet.safetensors"
@@ -47,7 +47,7 @@ class FaceIdEmbedder(nn.Module):
         central fraction of the FFHQ-aligned crop ("centre:F"), resized to its input size."""
         if crops.ndim != 4 or crops.shape[1] != 3:
             raise ValueError(f"FaceIdEmbedder expects [B, 3, S, S] RGB crops in 0..1, got {tuple(crops.shape)}")
-        fraction = check_framing(self.net.framing)
+        fraction = self.net.centre_fraction
         if not fraction:
             return warp_ffhq_to_arcface(crops, self.input_size)
         size = crops.shape[-1]

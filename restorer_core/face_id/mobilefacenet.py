@@ -60,7 +60,7 @@ class MobileFaceNet(nn.Module):
         self.input_scale = float(self.metadata.get("input_scale", INPUT_SCALE))
         self.input_offset = float(self.metadata.get("input_offset", INPUT_OFFSET))
         self.framing = str(self.metadata.get("framing", ARCFACE_FRAMING))
-        check_framing(self.framing)
+        self.centre_fraction = check_framing(self.framing)  # 0: the ArcFace warp
         with torch.no_grad():
             probe = self.graph(torch.zeros(1, 3, self.input_size, self.input_size))
         if probe.ndim < 2 or probe[0].numel() != probe.shape[-1]:
