@@ -30,8 +30,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from restorer_core.models.config import small_default_config  # noqa: E402
-from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.pipeline import make_runner  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
+from restorer_core.restore.pipeline import make_runner  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402
 
 DEFAULT_MODEL = REPO / "restorer_core" / "assets" / "models" / "default_restorer.safetensors"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Calibrate the do-no-harm detail measure (restorer_core/detail.py) on training people's photos.
+"""Calibrate the do-no-harm detail measure (restorer_core/restore/detail.py) on training people's photos.
 
 Whole photos of people in the face cache's *training* split (never the validation people) from
 $SHARED_DIR/data/faces, clean; degraded with `degrade_fixed` at x2, x4, x8 and x16 (the whole
@@ -33,10 +33,10 @@ for path in (REPO, HERE):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from restorer_core.align import align_face  # noqa: E402
-from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.detail import DEFAULT_DETAIL, DetailConfig, estimate_detail  # noqa: E402
-from restorer_core.detect import create_detector  # noqa: E402
+from restorer_core.faces.align import align_face  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
+from restorer_core.restore.detail import DEFAULT_DETAIL, DetailConfig, estimate_detail  # noqa: E402
+from restorer_core.faces.detect import create_detector  # noqa: E402
 from restorer_core.train.degrade import DegradationConfig, degrade, degrade_fixed  # noqa: E402
 from restorer_core.train.prepare import SPLIT_TRAIN, face_priority  # noqa: E402
 from shared_data import shared_dir  # noqa: E402

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The automatic strength on every face of every whole image in $SHARED_DIR/data/real_lq, before
-and after the noise-aware detail measure (restorer_core/detail.py).
+and after the noise-aware detail measure (restorer_core/restore/detail.py).
 
 "before" is the measure without its noise term (detail_calibration.BEFORE: the noise-discounted band
 ratio alone); "after" is DEFAULT_DETAIL. Faces are found and cut as the pipeline does by default
@@ -26,12 +26,12 @@ for path in (REPO, HERE):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from restorer_core.atomic import write_text_atomic  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
 from detail_calibration import BEFORE  # noqa: E402
-from restorer_core.detail import DEFAULT_DETAIL, estimate_detail  # noqa: E402
-from restorer_core.detect import cached_detector  # noqa: E402
-from restorer_core.imageio import load_image, to_rgb8  # noqa: E402
-from restorer_core.locate import locate_faces_report  # noqa: E402
+from restorer_core.restore.detail import DEFAULT_DETAIL, estimate_detail  # noqa: E402
+from restorer_core.faces.detect import cached_detector  # noqa: E402
+from restorer_core.io.imageio import load_image, to_rgb8  # noqa: E402
+from restorer_core.faces.locate import locate_faces_report  # noqa: E402
 from shared_data import shared_dir  # noqa: E402
 
 RESULTS_MD = HERE / "results" / "detail_real_lq.md"
@@ -62,7 +62,7 @@ def markdown(rows: list, real_lq: Path, resolution: int, seconds: float) -> str:
              f"resolution {resolution} px; no model runs). Before: the noise-discounted band ratio alone "
              f"(sharp {BEFORE.sharp}, blurred {BEFORE.blurred}, no noise term); after: DetailConfig() (sharp {cfg.sharp}, "
              f"blurred {cfg.blurred}, noise_free {cfg.noise_free}, noise_weight {cfg.noise_weight}). "
-             f"detail / noise / effective: restorer_core/detail.py. Measured on the 2-core CPU dev machine "
+             f"detail / noise / effective: restorer_core/restore/detail.py. Measured on the 2-core CPU dev machine "
              f"in {seconds:.0f} s by benchmarks/detail_real_lq.py.", "",
              "| image | face | native px | detail | noise | effective | size term | strength before | strength after |",
              "|---|---|---|---|---|---|---|---|---|"]

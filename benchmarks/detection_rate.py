@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Share of faces the pipeline's detector finds on held-out photos degraded x4 / x8 / x16, with
-and without the second detection pass (restorer_core/detect/retry.py), and the false faces it
+and without the second detection pass (restorer_core/faces/detect/retry.py), and the false faces it
 could add on real photos.
 
 Held-out photos: every photo of the face cache's *validation* people (identity split of
@@ -31,9 +31,9 @@ for path in (REPO, HERE):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.detect import RETRY_THRESHOLDS, create_detector  # noqa: E402
-from restorer_core.detect.base import box_iou  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
+from restorer_core.faces.detect import RETRY_THRESHOLDS, create_detector  # noqa: E402
+from restorer_core.faces.detect.base import box_iou  # noqa: E402
 from restorer_core.train.degrade import degrade_fixed  # noqa: E402
 from restorer_core.train.prepare import SPLIT_VAL, face_priority  # noqa: E402
 from shared_data import shared_dir  # noqa: E402
@@ -121,7 +121,7 @@ def markdown(res: dict, args: argparse.Namespace, seconds: float) -> str:
              f"split, `{args.data}`) whose clean version has a face; each degraded whole with `degrade_fixed` "
              "(fixed seeds). Found: a detection overlapping the clean photo's main face (IoU > 0.3). "
              "**before**: YuNet at its default threshold 0.7, one pass. **after**: the same, plus the second "
-             f"pass of `restorer_core/detect/retry.py` when nothing is found (threshold "
+             f"pass of `restorer_core/faces/detect/retry.py` when nothing is found (threshold "
              f"{RETRY_THRESHOLDS['yunet']}, also on a half-size copy). Measured on the 2-core CPU dev machine "
              f"in {seconds / 60:.1f} min.", "",
              "| degradation | before | after | faces found again |", "|---|---|---|---|"]

@@ -26,9 +26,9 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from restorer_core.atomic import write_text_atomic  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
 from restorer_core.face_id import embed_crops, load_face_id  # noqa: E402
-from restorer_core.identity import embed_faces, load_identity_embedder  # noqa: E402
+from restorer_core.faces.identity import embed_faces, load_identity_embedder  # noqa: E402
 from restorer_core.train.dataset import FaceCache  # noqa: E402
 from restorer_core.train.degrade import degrade_fixed  # noqa: E402
 

@@ -143,13 +143,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cudnn-benchmark", default="on", choices=("on", "off"),
                     help="off: cuDNN's heuristic kernel choice (the CLI's reproducible default)")
     ap.add_argument("--compile-cache", default=None, metavar="DIR",
-                    help="load/save each variant's compiled code there (restorer_core.compile_cache; e.g. "
+                    help="load/save each variant's compiled code there (restorer_core.models.compile_cache; e.g. "
                          "max-autotune results then cost their minutes once)")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     a = ap.parse_args(argv)
     persist = None
     if a.compile_cache:
-        from restorer_core.compile_cache import CompileCache, PersistedCompile
+        from restorer_core.models.compile_cache import CompileCache, PersistedCompile
 
         persist = PersistedCompile(CompileCache(a.compile_cache))
 

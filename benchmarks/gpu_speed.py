@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 from official_style import (OfficialStyleConfig, OfficialStyleInstantRestore,  # noqa: E402
                             fused_state_dicts, load_into_restorer, project_config_dict)
-from restorer_core.atomic import write_text_atomic  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
 from restorer_core.models.config import RestorerConfig  # noqa: E402
 from restorer_core.models.fast import SpeedConfig, speed_up  # noqa: E402
 from restorer_core.models.restorer import OneStepRestorer  # noqa: E402

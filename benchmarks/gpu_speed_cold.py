@@ -89,7 +89,7 @@ def child_restore(a) -> dict:
     import torch
 
     from gpu_speed import DTYPES, Bench, BenchSettings, gen, rel_l2
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     t_import = time.time() - a.t0
     dev = torch.device("cpu" if a.tiny else "cuda")
@@ -144,8 +144,8 @@ def child_nodes(a) -> dict:
     ops = sys.modules[f"{pack.__name__}.nodes.ops"]
     types = sys.modules[f"{pack.__name__}.nodes.types"]
     cb = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
-    faces_mod = sys.modules[f"{pack.__name__}.restorer_core.faces"]
-    pipeline_mod = sys.modules[f"{pack.__name__}.restorer_core.pipeline"]
+    faces_mod = sys.modules[f"{pack.__name__}.restorer_core.faces.records"]
+    pipeline_mod = sys.modules[f"{pack.__name__}.restorer_core.restore.pipeline"]
     dev = torch.device("cpu" if a.tiny else "cuda")
     model = _build(dev, torch.float32, a.tiny, a.seed).cpu()  # the loader loads on the CPU in fp32
     res = int(model.config.resolution)
@@ -251,7 +251,7 @@ class Run:
         import torch
 
         import gpu_speed as gs
-        from restorer_core.pipeline import speed_config
+        from restorer_core.restore.pipeline import speed_config
 
         a = self.a
         if self.left() < COST_S["rows"] * (0.2 if a.tiny else 1):
@@ -288,7 +288,7 @@ class Run:
         self.write()
 
     def write(self) -> None:
-        from restorer_core.atomic import write_text_atomic
+        from restorer_core.io.atomic import write_text_atomic
 
         self.result["total_s"] = time.time() - self.t0
         self.result["summary"] = summary(self.result, self.a)

@@ -53,9 +53,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from shared_data import shared_dir  # noqa: E402
 
-from restorer_core.align import align_face, template_landmarks  # noqa: E402
-from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.detect.base import box_iou  # noqa: E402
+from restorer_core.faces.align import align_face, template_landmarks  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
+from restorer_core.faces.detect.base import box_iou  # noqa: E402
 from restorer_core.train.degrade import degrade_fixed  # noqa: E402
 from restorer_core.train.losses import ssim as ssim_torch  # noqa: E402
 from restorer_core.train.prepare import SPLIT_TRAIN, SPLIT_VAL, face_priority  # noqa: E402
@@ -63,7 +63,7 @@ from restorer_core.train.prepare import SPLIT_TRAIN, SPLIT_VAL, face_priority  #
 DLIB_SAME_PERSON = 0.6
 DLIB_SCALE = 1.2  # similarity = 1 - distance / DLIB_SCALE
 CROP = 128  # aligned crop for PSNR / SSIM / identity
-FACE_CENTRE = (0.25, 0.30, 0.75, 0.85)  # face centre of an aligned crop (x0, y0, x1, y1), as restorer_core.detail
+FACE_CENTRE = (0.25, 0.30, 0.75, 0.85)  # face centre of an aligned crop (x0, y0, x1, y1), as restorer_core.restore.detail
 METRICS = ("psnr", "ssim", "sim", "same", "detail128", "detail", "dE", "detected", "strength")
 LABELS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "sim": "dlib sim ↑", "same": "same person ↑",
           "detail128": "detail ratio 128 px", "detail": "detail ratio own size", "dE": "colour ΔE ↓",
@@ -197,7 +197,7 @@ def colour_shift(a: np.ndarray, b: np.ndarray) -> float:
 
 def detail_size(det: Any) -> int:
     """The face's own size for the detail ratio: the image pixels its aligned crop spans, 128..512."""
-    from restorer_core.detail import native_size
+    from restorer_core.restore.detail import native_size
 
     m = align_face(np.zeros((8, 8, 3), np.uint8), det, 512).matrix
     return int(np.clip(round(native_size(512, m)), 128, 512))
@@ -344,11 +344,11 @@ def restored_target(result: Any, det: Any) -> tuple:
 
 
 def run(cfg: QualityConfig) -> dict:
-    from restorer_core.bank import build_bank
-    from restorer_core.detect import create_detector
+    from restorer_core.restore.bank import build_bank
+    from restorer_core.faces.detect import create_detector
     from restorer_core.errors import BankError
     from restorer_core.model_zoo import describe_model, load_any_restorer
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -457,8 +457,8 @@ def dlib_descriptor(ident: "DlibIdentity", rgb: np.ndarray) -> Optional[np.ndarr
 def lfw_reference_case(pipes: dict, detector: Any, ident: "DlibIdentity") -> list:
     """Per person: dlib similarity to the `_0001` ground truth of the real LQ crop and of each row's
     output (automatic strength, and strength 1), references = the person's other photos."""
-    from restorer_core.bank import build_bank
-    from restorer_core.pipeline import RestoreOptions
+    from restorer_core.restore.bank import build_bank
+    from restorer_core.restore.pipeline import RestoreOptions
 
     real_lq = shared_dir() / "data" / "real_lq"
     refs = {p: sorted(f for f in (real_lq / "lfw_references" / p).glob("*.jpg") if not f.stem.endswith("_0001"))

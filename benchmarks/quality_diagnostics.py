@@ -41,9 +41,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import quality as Q  # noqa: E402
-from restorer_core.align import align_face  # noqa: E402
-from restorer_core.paste import PasteConfig  # noqa: E402
-from restorer_core.pipeline import resize_square  # noqa: E402
+from restorer_core.faces.align import align_face  # noqa: E402
+from restorer_core.restore.paste import PasteConfig  # noqa: E402
+from restorer_core.restore.pipeline import resize_square  # noqa: E402
 
 PASTES = {"landmarks (default)": PasteConfig(), "ellipse": PasteConfig(mask="ellipse"),
           "box": PasteConfig(mask="box"), "box, no colour fix": PasteConfig(mask="box", color_fix="none")}
@@ -73,10 +73,10 @@ def channel_runner(restorer, channel: str):
 
 
 def run(a) -> dict:
-    from restorer_core.bank import build_bank
-    from restorer_core.detect import create_detector
+    from restorer_core.restore.bank import build_bank
+    from restorer_core.faces.detect import create_detector
     from restorer_core.model_zoo import describe_model, load_any_restorer
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     t0 = time.perf_counter()
     torch.set_num_threads(a.threads)

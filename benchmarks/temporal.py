@@ -1,5 +1,5 @@
 """Temporal stability on a clip made from a real face photo: landmark jitter and restored-face
-flicker, with and without landmark smoothing (restorer_core.temporal).
+flicker, with and without landmark smoothing (restorer_core.faces.temporal).
 
     python benchmarks/temporal.py                      # writes benchmarks/results/temporal.md (+ .json)
     python benchmarks/temporal.py --photo FACE.jpg     # another photo with one clear face
@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.temporal import LandmarkSmoother, SmoothingConfig, face_scale  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
+from restorer_core.faces.temporal import LandmarkSmoother, SmoothingConfig, face_scale  # noqa: E402
 
 DEFAULT_PHOTO = REPO / "example_workflows" / "inputs" / "blake_lively.jpg"
 DEFAULT_BOX = (350, 0, 700, 464)  # its right half: one adult face
@@ -138,8 +138,8 @@ def near_threshold(photo: np.ndarray, scale: float = 0.8, sigma: float = 2.5) ->
 
 def strength_pass(pipeline, frames: list, config: SmoothingConfig) -> tuple:
     """Automatic strengths of the clip's face without restoring: (per frame, followed over its track)."""
-    from restorer_core.detail import AUTO, face_strength
-    from restorer_core.pipeline import RestoreOptions
+    from restorer_core.restore.detail import AUTO, face_strength
+    from restorer_core.restore.pipeline import RestoreOptions
 
     options = RestoreOptions(temporal=LandmarkSmoother(config), use_cache=False)
     own, followed = [], []
@@ -154,7 +154,7 @@ def strength_pass(pipeline, frames: list, config: SmoothingConfig) -> tuple:
 
 def run(pipeline, frames: list, smoothing: bool, config: SmoothingConfig) -> tuple:
     """Restore the clip at strength 1 in chunks like the CLI; (output frames, landmarks per frame, seconds)."""
-    from restorer_core.pipeline import RestoreOptions
+    from restorer_core.restore.pipeline import RestoreOptions
 
     options = RestoreOptions(temporal=LandmarkSmoother(config) if smoothing else None, use_cache=False,
                              strength=1.0)
@@ -184,9 +184,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from restorer_core.detect import create_detector
+    from restorer_core.faces.detect import create_detector
     from restorer_core.model_zoo import load_any_restorer
-    from restorer_core.pipeline import FaceRestorePipeline
+    from restorer_core.restore.pipeline import FaceRestorePipeline
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     photo = cv2.cvtColor(cv2.imread(args.photo, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -35,8 +35,8 @@ for p in (str(REPO), str(HERE)):
         sys.path.insert(0, p)
 
 from make_figures import FigureStyle, draw_centered, face_window, fit_width, font, save_figure, shared_dir, with_footer  # noqa: E402
-from restorer_core.atomic import write_text_atomic  # noqa: E402
-from restorer_core.imageio import load_image, to_rgb8  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
+from restorer_core.io.imageio import load_image, to_rgb8  # noqa: E402
 
 FIRST = "codeformer/whole_imgs/stable_diffusion_00.jpg"
 ORIGINS = {"gfpgan": ("GFPGAN", "github.com/TencentARC/GFPGAN, inputs/whole_imgs/", "Apache-2.0", "compare"),
@@ -71,7 +71,7 @@ def whole_images(real_lq: Path) -> list:
 
 def restore(pipeline, pixels: np.ndarray, strength) -> tuple:
     """(output RGB8, {face_index: (box, strength used)}) with the library defaults."""
-    from restorer_core.pipeline import RestoreOptions
+    from restorer_core.restore.pipeline import RestoreOptions
 
     result = pipeline.restore_images([pixels], None, RestoreOptions(strength=strength))[0]
     faces = {f.face_index: (f.box, float(f.info.get("strength", 1.0))) for f in result.faces}
@@ -138,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace existing figures")
     a = ap.parse_args(argv)
     from restorer_core.model_zoo import load_any_restorer
-    from restorer_core.pipeline import FaceRestorePipeline
+    from restorer_core.restore.pipeline import FaceRestorePipeline
 
     real_lq = shared_dir() / "data" / "real_lq"
     if not real_lq.is_dir():

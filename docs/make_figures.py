@@ -27,10 +27,10 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from restorer_core.atomic import atomic_path, write_text_atomic  # noqa: E402
-from restorer_core.imageio import load_image, to_rgb8  # noqa: E402
+from restorer_core.io.atomic import atomic_path, write_text_atomic  # noqa: E402
+from restorer_core.io.imageio import load_image, to_rgb8  # noqa: E402
 from restorer_core.model_zoo import load_any_restorer  # noqa: E402
-from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions  # noqa: E402
+from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions  # noqa: E402
 
 OUT_DIR = REPO / "docs" / "images"
 LEFT_LABEL = "input"

@@ -105,7 +105,7 @@ def pages() -> dict:
 def main() -> int:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from restorer_core.atomic import write_text_atomic
+    from restorer_core.io.atomic import write_text_atomic
 
     OUT.mkdir(parents=True, exist_ok=True)
     for name, text in pages().items():

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from restorer_core.atomic import atomic_path  # noqa: E402
+from restorer_core.io.atomic import atomic_path  # noqa: E402
 WORKFLOW_FILES = "example_workflows/[0-9][0-9]_*.json"  # each to docs/images/workflow_<its number>.png
 
 # Link/socket colours: ComfyUI's dark palette for core types, distinct picks for this pack's.

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
-from restorer_core.atomic import write_text_atomic  # noqa: E402
+from restorer_core.io.atomic import write_text_atomic  # noqa: E402
 
 # Widget names in the order the frontend lays them out (required, then optional inputs), with
 # the extra widgets the frontend adds: "control_after_generate" after a seed, "upload" after
@@ -546,7 +546,7 @@ def write_thumbnail(ui: dict, path: Path, title: str) -> None:
 
     from PIL import Image, ImageDraw
 
-    from restorer_core.atomic import atomic_path
+    from restorer_core.io.atomic import atomic_path
 
     spec = importlib.util.spec_from_file_location("render_workflow", HERE.parent / "docs" / "render_workflow.py")
     render = importlib.util.module_from_spec(spec)

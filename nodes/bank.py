@@ -1,7 +1,7 @@
 """Reference Bank nodes: photos of the person -> REF_BANK (aligned reference faces) + a report.
 
 The bank itself is restorer-independent; each restorer derives its reference keys/values from
-it, cached on disk (restorer_core.reference_cache) in ComfyUI's models/face_restore_onestep_cache.
+it, cached on disk (restorer_core.restore.reference_cache) in ComfyUI's models/face_restore_onestep_cache.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..restorer_core.bank import build_bank, list_images, open_bank
+from ..restorer_core.restore.bank import build_bank, list_images, open_bank
 from ..restorer_core.errors import BankError
 from . import ops
 from .types import REF_BANK

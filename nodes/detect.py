@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from . import comfy_bridge as cb
 from . import ops
-from ..restorer_core.temporal import SmoothingConfig
+from ..restorer_core.faces.temporal import SmoothingConfig
 from .identity_check import SELECTIONS, make_selection
 from .types import FACES, REF_BANK
 

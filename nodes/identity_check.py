@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
-from ..restorer_core.select import FaceSelection
+from ..restorer_core.faces.select import FaceSelection
 from . import ops
 from .similarity import IdentityScorer, get_scorer, similarity_fn, try_scorer
 from .types import FaceSet

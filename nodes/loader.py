@@ -10,7 +10,7 @@ import torch
 from ..restorer_core.errors import ModelNotFoundError
 from ..restorer_core.model_zoo import DEFAULT_MODEL_PATH, OSDFACE_MARKER, load_any_restorer
 from ..restorer_core.options import SPEEDS
-from ..restorer_core.pipeline import FaceRestorePipeline
+from ..restorer_core.restore.pipeline import FaceRestorePipeline
 from . import comfy_bridge as cb
 from .ops import log
 from .similarity import try_identity

@@ -12,14 +12,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..restorer_core.detect import cached_detector
+from ..restorer_core.faces.detect import cached_detector
 from ..restorer_core.errors import BankError, CancelledError, DetectorError
-from ..restorer_core.imageio import to_rgb8
-from ..restorer_core.locate import locate_in_images
+from ..restorer_core.io.imageio import to_rgb8
+from ..restorer_core.faces.locate import locate_in_images
 from ..restorer_core.options import COLOR_FIXES, DETECTORS, MASK_SHAPES, MODES  # noqa: F401 (the nodes' lists)
-from ..restorer_core.paste import PasteConfig, paste_faces
-from ..restorer_core.pipeline import RestoreOptions
-from ..restorer_core.select import FaceSelection, parse_indices
+from ..restorer_core.restore.paste import PasteConfig, paste_faces
+from ..restorer_core.restore.pipeline import RestoreOptions
+from ..restorer_core.faces.select import FaceSelection, parse_indices
 from . import comfy_bridge as cb
 from .types import FaceRestorerHandle, FaceSet
 
@@ -70,7 +70,7 @@ def detector_model_path(detector: str, model_name: str) -> Optional[str]:
 
 
 def get_detector(name: str, model_name: str = DEFAULT_DETECTOR_MODEL, threshold: float = 0.7) -> Any:
-    """restorer_core's detector for the widgets (made once per process: restorer_core.detect.cached_detector)."""
+    """restorer_core's detector for the widgets (made once per process: restorer_core.faces.detect.cached_detector)."""
     if name not in DETECTORS:
         raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}.")
     return cached_detector(name, detector_model_path(name, model_name), float(threshold))
@@ -96,9 +96,9 @@ def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_si
            track: bool = True, similarity_fn: Any = None, smoothing: Any = None) -> FaceSet:
     """Faces of every image of the batch, aligned at crop_size from the full-precision pixels.
 
-    With track, a face keeps its index from frame to frame (restorer_core.locate tracking),
+    With track, a face keeps its index from frame to frame (restorer_core.faces.locate tracking),
     so "face 0" is the same person throughout a clip. smoothing: a
-    restorer_core.temporal.SmoothingConfig to align each tracked face at its landmarks smoothed
+    restorer_core.faces.temporal.SmoothingConfig to align each tracked face at its landmarks smoothed
     over the frames (the batch is a clip, in order).
     """
     frames = image_list(image)

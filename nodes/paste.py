@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..restorer_core.paste import PasteConfig
+from ..restorer_core.restore.paste import PasteConfig
 from . import ops
 from .types import FACES, FaceSet
 

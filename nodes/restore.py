@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..restorer_core.detail import AUTO
-from ..restorer_core.paste import PasteConfig
-from ..restorer_core.pipeline import RestoreOptions
+from ..restorer_core.restore.detail import AUTO
+from ..restorer_core.restore.paste import PasteConfig
+from ..restorer_core.restore.pipeline import RestoreOptions
 from . import comfy_bridge as cb
 from . import ops
-from ..restorer_core.temporal import SmoothingConfig
+from ..restorer_core.faces.temporal import SmoothingConfig
 from .detect import detector_inputs, selection_inputs, smoothing_input
 from .paste import paste_inputs
 from .identity_check import check_identity, make_selection

@@ -1,6 +1,6 @@
 """Face Similarity, and the identity embedder the nodes share (for 'similar' face selection).
 
-The embedder is restorer_core.identity's small face-recognition network; it is optional: without
+The embedder is restorer_core.faces.identity's small face-recognition network; it is optional: without
 its weights file, only the features that need it ('similar' selection, this node) report that.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..restorer_core.errors import ModelNotFoundError
-from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, IdentityScorer, load_identity_embedder
+from ..restorer_core.faces.identity import DEFAULT_EMBEDDER_PATH, IdentityScorer, load_identity_embedder
 from .ops import log
 from .types import FACES, REF_BANK, FaceSet
 
@@ -54,7 +54,7 @@ def try_scorer() -> Optional[IdentityScorer]:
 
 
 def similarity_fn(bank: Any, scorer: Optional[IdentityScorer] = None):
-    """For restorer_core.locate: faces -> similarity of each crop to the bank."""
+    """For restorer_core.faces.locate: faces -> similarity of each crop to the bank."""
     if bank is None:
         raise ValueError("selections 'similar' and 'same_person' keep the faces that look like the reference "
                          "person: connect a REF_BANK, or choose another selection.")

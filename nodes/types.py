@@ -2,7 +2,7 @@
 
 FACE_RESTORER: a loaded restorer with its ComfyUI model patcher.
 FACES: aligned faces of an image batch (what Detect Faces found, One-Step Restore restored).
-REF_BANK: a restorer_core.bank.ReferenceBank (aligned reference crops of one person).
+REF_BANK: a restorer_core.restore.bank.ReferenceBank (aligned reference crops of one person).
 Objects are never changed after a node returns them: ComfyUI caches node outputs and may hand
 the same object to several nodes, so every node builds new ones.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from ..restorer_core.pipeline import FaceRestorePipeline
+    from ..restorer_core.restore.pipeline import FaceRestorePipeline
 
 FACE_RESTORER = "FACE_RESTORER"
 FACES = "FACES"
@@ -27,7 +27,7 @@ REF_BANK = "REF_BANK"
 class FaceRestorerHandle:
     """A restorer on ComfyUI's memory manager.
 
-    pipeline: restorer_core.pipeline.FaceRestorePipeline around the restorer (it memoises the
+    pipeline: restorer_core.restore.pipeline.FaceRestorePipeline around the restorer (it memoises the
     reference keys/values of the last bank). patcher: the comfy ModelPatcher that loads the
     restorer on `load_device` on demand and may offload it when another model needs memory.
     """
@@ -48,7 +48,7 @@ class FaceRestorerHandle:
         return int(self.restorer.config.resolution)
 
     def describe(self) -> str:
-        from ..restorer_core.conditioning import Capabilities
+        from ..restorer_core.restore.conditioning import Capabilities
 
         cfg = self.restorer.config
         caps = Capabilities.of(cfg)
@@ -62,7 +62,7 @@ class FaceRestorerHandle:
 class FaceSet:
     """Aligned faces of a batch of images.
 
-    faces: restorer_core.faces.AlignedFace, sorted by (image_index, face_index); face_index is
+    faces: restorer_core.faces.records.AlignedFace, sorted by (image_index, face_index); face_index is
     stable across frames when detection tracked them. image_sizes: (height, width) of every image
     of the batch the faces came from (paste-back checks it gets the same batch). skipped: one
     line per detected face that selection left out, with the reason.

@@ -1,7 +1,7 @@
 """The choices users pick from, defined once: the CLI's `choices=` and the nodes' combo boxes
 import these, and the modules that act on them validate against the same tuples."""
 
-MODES = ("auto", "references", "visual_prompt", "both", "none")  # conditioning (see conditioning.py)
+MODES = ("auto", "references", "visual_prompt", "both", "none")  # conditioning (see restore/conditioning.py)
 DETECTORS = ("yunet", "scrfd", "facexlib")
 COLOR_FIXES = ("wavelet", "meanstd", "none")
 MASK_SHAPES = ("landmarks", "ellipse", "box")

@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from restorer_core.align import align_face  # noqa: E402
-from restorer_core.detect import create_detector  # noqa: E402
+from restorer_core.faces.align import align_face  # noqa: E402
+from restorer_core.faces.detect import create_detector  # noqa: E402
 from restorer_core.face_id import MobileFaceNet, load_face_id  # noqa: E402
-from restorer_core.imageio import load_image, to_rgb8  # noqa: E402
+from restorer_core.io.imageio import load_image, to_rgb8  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "data" / "mobilefacenet_tfjs_reference.npz"
 

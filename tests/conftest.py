@@ -83,7 +83,7 @@ def scrfd_model(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def yunet():
-    from restorer_core.detect import create_detector
+    from restorer_core.faces.detect import create_detector
 
     return create_detector("yunet")
 
@@ -91,7 +91,7 @@ def yunet():
 @pytest.fixture(scope="session")
 def face_rgb(real_lq_dir: Path) -> np.ndarray:
     """A real single-face photo (CodeFormer demo 04.jpg, 225x225, one face near the centre)."""
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     return load_image(real_lq_dir / "codeformer" / "whole_imgs" / "04.jpg").rgb8
 

@@ -106,7 +106,7 @@ def restore_family_with_cli(out_dir: Path) -> np.ndarray:
     """`restore examples/family_10045.png` with the embedded default model (the README's first
     command, on the CPU, speed auto) -> the written image's pixels."""
     from restorer_core.cli import main
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     # the settings of the recording spelled out, so that a later change of a default does not
     # read as a change of the restore path
@@ -119,7 +119,7 @@ def restore_family_with_cli(out_dir: Path) -> np.ndarray:
 
 def family_delta(restored: np.ndarray) -> np.ndarray:
     """restored - input as int16 (zero outside the faces: it compresses to almost nothing)."""
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     original = load_image(FAMILY_INPUT).pixels
     return restored.astype(np.int16) - original.astype(np.int16)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from restorer_core.align import (
+from restorer_core.faces.align import (
     FFHQ_TEMPLATE_512,
     align_face,
     invert_affine,
@@ -20,9 +20,9 @@ from restorer_core.align import (
     warp_affine,
     warp_to_crop,
 )
-from restorer_core.faces import DetectedFace
-from restorer_core.locate import locate_faces
-from restorer_core.paste import PasteConfig, face_mask, paste_faces
+from restorer_core.faces.records import DetectedFace
+from restorer_core.faces.locate import locate_faces
+from restorer_core.restore.paste import PasteConfig, face_mask, paste_faces
 
 
 def similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""restorer_core.atomic: the one way files are written (temp file next to the target, then moved)."""
+"""restorer_core.io.atomic: the one way files are written (temp file next to the target, then moved)."""
 
 import os
 
 import pytest
 
-from restorer_core.atomic import atomic_path, default_file_mode, write_text_atomic
+from restorer_core.io.atomic import atomic_path, default_file_mode, write_text_atomic
 
 
 def leftovers(folder):

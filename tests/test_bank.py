@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tiny_models import tiny_config
-from restorer_core.bank import BankError, build_bank, load_bank, save_bank, select_reference_indices
-from restorer_core.reference_cache import cache_path, load_or_compute_reference_kv, reference_kv
+from restorer_core.restore.bank import BankError, build_bank, load_bank, save_bank, select_reference_indices
+from restorer_core.restore.reference_cache import cache_path, load_or_compute_reference_kv, reference_kv
 
 ALIGN = 96  # small crops keep these tests fast; the restorer resizes them to its resolution
 
@@ -58,7 +58,7 @@ def test_build_bank_one_face_per_photo_and_reasons(chang_dir, chang_bank, yunet)
     assert accepted == sorted(accepted)
     # a photo whose detector finds two faces of similar size is ambiguous; one clear face is kept
     for p in photos:
-        from restorer_core.imageio import load_image
+        from restorer_core.io.imageio import load_image
 
         sizes = sorted((f.size for f in yunet.detect(load_image(p).rgb8)), reverse=True)
         ambiguous = len(sizes) > 1 and sizes[1] >= 0.8 * sizes[0]
@@ -253,8 +253,8 @@ def test_restorer_with_identity_channel_gets_the_same_faces_from_a_cache_hit(cha
     first run computes and caches the K/V and identity, a new pipeline reads them back, and the
     speed runner gives the plain forward's faces."""
     from restorer_core.models.restorer import OneStepRestorer
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
-    from restorer_core.faces import AlignedFace, DetectedFace
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.faces.records import AlignedFace, DetectedFace
 
     cfg = tiny_config()
     cfg.ref_id = {"tokens": 2}

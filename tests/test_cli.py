@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from restorer_core.cli import RunSettings, main, output_suffix, run_restore
+from restorer_core.cli import main
+from restorer_core.cli.run import RunSettings, run_restore
+from restorer_core.cli.save import output_suffix
 from restorer_core.errors import CancelledError, CheckpointError, ModelNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def photos(real_lq_dir, tmp_path_factory) -> dict:
     """PNG copies of real photos (a downscaled group photo, a one-face portrait) and a faceless JPEG."""
-    from restorer_core.imageio import load_image, save_image
+    from restorer_core.io.imageio import load_image, save_image
 
     folder = tmp_path_factory.mktemp("photos")
     group = load_image(real_lq_dir / "gfpgan" / "whole_imgs" / "10045.png").rgb8
@@ -42,7 +44,7 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 
 
 def _read(path) -> np.ndarray:
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     return load_image(path).pixels
 
@@ -137,7 +139,7 @@ def test_outputs_never_overwrite(photos, model_file, tmp_path):
     first, second = folder / "portrait_restored_1.png", folder / "portrait_restored_2.png"
     assert first.is_file() and second.is_file()
     assert np.array_equal(_read(first), _read(second))  # same input, same seed: same result
-    from restorer_core.atomic import default_file_mode
+    from restorer_core.io.atomic import default_file_mode
 
     for made in (first, second, folder / "restore_report.json"):  # not the temp files' 0o600
         assert made.stat().st_mode & 0o777 == default_file_mode()
@@ -161,7 +163,7 @@ def test_failed_image_gives_exit_code_1_and_others_still_written(photos, model_f
 
 def test_cancel_mid_run_leaves_no_partial_output(photos, model_file, tmp_path):
     from restorer_core.model_zoo import load_any_restorer
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     pipeline = FaceRestorePipeline(load_any_restorer(model_file))
     out = tmp_path / "out"
@@ -186,7 +188,7 @@ def test_cancel_mid_run_leaves_no_partial_output(photos, model_file, tmp_path):
 
 def test_similar_selection_without_identity_weights_is_a_usage_error(photos, model_file, real_lq_dir,
                                                                       tmp_path, monkeypatch, capsys):
-    import restorer_core.identity as identity
+    import restorer_core.faces.identity as identity
 
     monkeypatch.setattr(identity, "DEFAULT_EMBEDDER_PATH", tmp_path / "missing.safetensors")
     out = tmp_path / "out"
@@ -217,7 +219,7 @@ def test_face_selection_by_index(photos, model_file, tmp_path):
 
 
 def test_bank_build_info_and_cache_next_to_bank(photos, model_file, real_lq_dir, tmp_path, capsys):
-    from restorer_core.bank import load_bank
+    from restorer_core.restore.bank import load_bank
 
     bank_file = tmp_path / "chang.safetensors"
     src = real_lq_dir / "lfw_references" / "Michael_Chang"
@@ -315,7 +317,7 @@ def test_compile_cache_option_saves_compiled_code_and_an_unwritable_folder_is_a_
     """--speed compile (what auto is on a GPU) with --compile-cache: the compiled code is saved
     there; a folder that cannot be written is one report note, and the run still restores; none
     keeps nothing. (torch.compile and torch's artefact calls are stood in for: minutes on this CPU.)"""
-    from restorer_core.compile_cache import SUFFIX
+    from restorer_core.models.compile_cache import SUFFIX
     from restorer_core.models import fast
 
     monkeypatch.setattr(fast, "compiled_step", lambda mode, inductor=(): fast.run_step)

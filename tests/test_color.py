@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from restorer_core.color import (
+from restorer_core.restore.color import (
     apply_color_fix,
     meanstd_color_fix,
     wavelet_color_fix,

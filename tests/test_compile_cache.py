@@ -1,4 +1,4 @@
-"""Persisted compiled code (restorer_core.compile_cache), the compile-or-fall-back runner, the
+"""Persisted compiled code (restorer_core.models.compile_cache), the compile-or-fall-back runner, the
 speed policy and batch padding.
 
 torch.compile itself takes minutes on these 2 CPU cores, so the runner tests put a stand-in in
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tiny_models import tiny_config
-from restorer_core import compile_cache as cc
+from restorer_core.models import compile_cache as cc
 from restorer_core.models import fast
 from restorer_core.models.restorer import OneStepRestorer
 
@@ -213,7 +213,7 @@ def _gens(n: int, seed: int = 0) -> list:
 
 def test_first_compile_is_announced_and_saved_later_runners_load_it(model, refs, tmp_path, torch_cache,
                                                                     compiles, caplog):
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     lq = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with caplog.at_level(logging.WARNING):
@@ -248,7 +248,7 @@ def test_first_compile_is_announced_and_saved_later_runners_load_it(model, refs,
 
 def test_compile_failure_falls_back_to_the_graph_path_with_one_line_and_the_same_faces(model, refs, tmp_path,
                                                                                       monkeypatch, caplog):
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     def broken_compiled_step(mode, inductor=()):
         def step(restorer, **inputs):
@@ -274,7 +274,7 @@ def test_compile_failure_falls_back_to_the_graph_path_with_one_line_and_the_same
 
 # ----------------------------------------------------------------------------- the policy
 def test_auto_compiles_on_cuda_only_and_graph_keeps_the_old_default(model):
-    from restorer_core.pipeline import speed_config
+    from restorer_core.restore.pipeline import speed_config
 
     cpu = speed_config(model, "auto")
     assert cpu.cuda_graph and cpu.fuse_upsample and not cpu.compile_mode and not cpu.channels_last
@@ -307,8 +307,8 @@ def test_padding_never_changes_the_real_faces(model, refs):
 
 
 def test_pipeline_pads_partial_batches_while_compiled_only(model, tmp_path, torch_cache, compiles):
-    from restorer_core.faces import AlignedFace, DetectedFace
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.faces.records import AlignedFace, DetectedFace
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     rng = np.random.default_rng(0)
     det = DetectedFace(np.array([0, 0, 64, 64], np.float32), 0.9, np.zeros((5, 2), np.float32))
@@ -333,7 +333,7 @@ def test_stored_code_that_torch_does_not_take_is_said_and_stored_anew(model, ref
     full compile: said in one line and saved again, so the next start gets code that fits."""
     from torch._dynamo.utils import counters
 
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     lq = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     make_runner(copy.deepcopy(model), "compile", compile_cache=tmp_path)(lq, refs, generator=_gens(2))

@@ -1,4 +1,4 @@
-"""One decision of conditioning (restorer_core.conditioning), asked by everything that restores
+"""One decision of conditioning (restorer_core.restore.conditioning), asked by everything that restores
 or reports: a table over (model kind x mode x references present), and the callers following it.
 
 The table is written out by hand from the rules: auto uses references only when the model was
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from restorer_core.conditioning import Capabilities, decide
+from restorer_core.restore.conditioning import Capabilities, decide
 from restorer_core.models.config import small_default_config
 from tiny_models import tiny_config
 
@@ -111,9 +111,9 @@ def test_osdface_type_model_ignores_references_in_auto():
 def test_pipeline_with_a_bank_follows_the_decision(tmp_path):
     """An OSDFace-type restorer with a bank in auto: no reference pass, the same faces as without
     the bank, and the reason says why; a hybrid restorer does use the bank."""
-    from restorer_core.bank import ReferenceBank, BankEntry
-    from restorer_core.faces import AlignedFace, DetectedFace
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.restore.bank import ReferenceBank, BankEntry
+    from restorer_core.faces.records import AlignedFace, DetectedFace
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     rng = np.random.default_rng(0)
     crops = torch.from_numpy((rng.random((2, 3, 96, 96)) * 255).astype(np.uint8))

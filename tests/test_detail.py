@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tiny_models import tiny_config
-from restorer_core.detail import (
+from restorer_core.restore.detail import (
     AUTO,
     KEPT_MANUAL,
     KEPT_SHARP,
@@ -22,7 +22,7 @@ from restorer_core.detail import (
     estimate_detail,
     native_size,
 )
-from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 from restorer_core.train.degrade import degrade_fixed
 
 
@@ -39,7 +39,7 @@ def pipeline():
 @pytest.fixture(scope="module")
 def clean_photo(real_lq_dir: Path) -> np.ndarray:
     """A clean, sharp LFW photo (250 px, face ~140 px)."""
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     return load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
 
@@ -196,7 +196,7 @@ def test_real_face_grain_noise_and_blur(pipeline, clean_photo):
 def test_readme_family_photo_is_restored_and_large_sharp_faces_are_kept(pipeline, real_lq_dir):
     """The README's first command: the old grainy family scan gets its faces restored; the large,
     sharp Stable Diffusion portrait and a sharp high-resolution photo keep theirs."""
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     family = load_image(Path(__file__).resolve().parents[1] / "examples" / "family_10045.png").rgb8
     strengths = [e.strength for e in _estimates(pipeline, family)]
@@ -258,7 +258,7 @@ def test_cli_summary_counts_kept_faces_apart_from_restored(model_file, real_lq_d
     import json
 
     from restorer_core.cli import main
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     sharp = load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
     pair = np.hstack([sharp, degrade_fixed(sharp, 8, seed=3)])

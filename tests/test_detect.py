@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from restorer_core.detect import DetectorModelNotFoundError, box_iou, create_detector
-from restorer_core.detect.base import DetectorConfig
-from restorer_core.detect.facexlib_backend import FacexlibDetector
-from restorer_core.detect.scrfd import resolve_model_file
+from restorer_core.faces.detect import DetectorModelNotFoundError, box_iou, create_detector
+from restorer_core.faces.detect.base import DetectorConfig
+from restorer_core.faces.detect.facexlib_backend import FacexlibDetector
+from restorer_core.faces.detect.scrfd import resolve_model_file
 from restorer_core.errors import DetectorError, ModelNotFoundError
-from restorer_core.imageio import load_image
+from restorer_core.io.imageio import load_image
 
 FACES = {
     "gfpgan/whole_imgs/Blake_Lively.jpg": [(180, 210), (505, 200)],
@@ -168,7 +168,7 @@ def test_facexlib_adapter_converts_rows_and_scales_back():
 
 def test_cached_detector_is_made_once_per_backend_file_and_threshold():
     """The one detector factory the pipeline and the nodes share: ONNX sessions are made once."""
-    from restorer_core.detect import cached_detector
+    from restorer_core.faces.detect import cached_detector
 
     a = cached_detector("yunet", None, 0.6)
     assert cached_detector("yunet", "", 0.6000001) is a  # same weights, same threshold (rounded)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from restorer_core.detect import create_detector
-from restorer_core.detect.base import box_iou
-from restorer_core.detect.retry import RetryDetector, _drop_contained
+from restorer_core.faces.detect import create_detector
+from restorer_core.faces.detect.base import box_iou
+from restorer_core.faces.detect.retry import RetryDetector, _drop_contained
 from restorer_core.train.degrade import degrade_fixed
 
 
@@ -17,7 +17,7 @@ def detectors():
 
 
 def _photo(real_lq_dir, name):
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     return load_image(real_lq_dir / "lfw_references" / name.rsplit("_", 1)[0] / f"{name}.jpg").rgb8
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from restorer_core.distributed import (DistContext, context_from_env, merge_reports, rank_device,
+from restorer_core.cli.distributed import (DistContext, context_from_env, merge_reports, rank_device,
                                        rank_report_path, shard_indices)
-from restorer_core.report import FAILED, RESTORED, ImageRecord, RunReport
+from restorer_core.io.report import FAILED, RESTORED, ImageRecord, RunReport
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
@@ -131,7 +131,7 @@ def _gloo_problem() -> str:
 def inputs(real_lq_dir, tmp_path_factory) -> list:
     """Three small real photos (two share the stem Blake_Lively) and a broken file, in an order
     where inputs[rank::2] would split both the shared stem and the batch-size-2 chunks."""
-    from restorer_core.imageio import load_image, save_image
+    from restorer_core.io.imageio import load_image, save_image
 
     root = tmp_path_factory.mktemp("inputs")
     (root / "a").mkdir()
@@ -156,7 +156,7 @@ def _arguments(files, out: Path, model: Path, refs: Path) -> list:
 
 def test_two_cpu_processes_match_a_single_process_run(inputs, model_file, real_lq_dir, tmp_path, monkeypatch):
     from restorer_core.cli import main
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     problem = _gloo_problem()
     if problem:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from restorer_core.align import template_landmarks, transform_points
+from restorer_core.faces.align import template_landmarks, transform_points
 from restorer_core.errors import CheckpointError, ModelNotFoundError
 from restorer_core.face_id import (
     ARCFACE_TEMPLATE_112, MobileFaceNet, ffhq_to_arcface_matrix, load_face_id, similarity, warp_ffhq_to_arcface,

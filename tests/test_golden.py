@@ -43,7 +43,7 @@ def test_tiny_forward_gives_the_recorded_pixels(models, recorded, name, mode, wi
 @pytest.mark.parametrize("name,mode,with_refs", golden.TINY_CASES)
 def test_tiny_speed_runner_gives_the_recorded_pixels(models, recorded, name, mode, with_refs):
     """The runner the CLI and nodes use (speed auto: fused upsampling on the CPU)."""
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     model = models[name]
     runner = make_runner(model, "auto")

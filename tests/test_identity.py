@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from restorer_core.errors import CheckpointError, ModelNotFoundError
-from restorer_core.identity import (
+from restorer_core.faces.identity import (
     DEFAULT_EMBEDDER_PATH,
     IdentityConfig,
     IdentityEmbedder,

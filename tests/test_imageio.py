@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from restorer_core.errors import ImageReadError
-from restorer_core.imageio import (
+from restorer_core.io.imageio import (
     ImageWriteError,
     from_float01,
     load_image,

@@ -513,7 +513,7 @@ def test_bank_folder_node_and_its_change_detection(pack, N, tmp_path):
 
 
 def test_reference_cache_is_reused_and_never_misused_across_restorers(pack, N, blake, bank):
-    bank_mod = harness.core(pack, "reference_cache")
+    bank_mod = harness.core(pack, "restore.reference_cache")
     load = N["OneStepLoadFaceRestorer"].load
     faces = detect(N, blake, selection="index", face_indices="1")[0]
     cache = folder_paths.get_folder_paths("face_restore_onestep_cache")[0]

@@ -11,7 +11,7 @@ import torch
 
 from tiny_models import tiny_config
 from restorer_core.errors import CancelledError
-from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def pipeline(restorer):
 @pytest.fixture(scope="module")
 def group_photo(real_lq_dir: Path) -> np.ndarray:
     """GFPGAN's 10045.png (several faces), downscaled to stay fast."""
-    from restorer_core.imageio import load_image
+    from restorer_core.io.imageio import load_image
 
     rgb = load_image(real_lq_dir / "gfpgan" / "whole_imgs" / "10045.png").rgb8
     return cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
@@ -38,7 +38,7 @@ def group_photo(real_lq_dir: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bank(real_lq_dir, yunet):
-    from restorer_core.bank import build_bank
+    from restorer_core.restore.bank import build_bank
 
     return build_bank([real_lq_dir / "lfw_references" / "Eliane_Karp"], yunet, align_size=96)
 
@@ -46,8 +46,8 @@ def bank(real_lq_dir, yunet):
 @pytest.fixture(scope="module")
 def faces(group_photo, yunet, real_lq_dir):
     """Faces of two images (a group photo and a portrait), image_index 1 and 0."""
-    from restorer_core.imageio import load_image
-    from restorer_core.locate import locate_faces
+    from restorer_core.io.imageio import load_image
+    from restorer_core.faces.locate import locate_faces
 
     portrait = load_image(real_lq_dir / "codeformer" / "whole_imgs" / "04.jpg").rgb8
     a = locate_faces(group_photo, yunet, 64, image_index=1)
@@ -162,7 +162,7 @@ def test_restore_image_changes_faces_only(pipeline, group_photo, yunet):
 
 
 def test_selection_and_sixteen_bit_alpha_input(pipeline, group_photo):
-    from restorer_core.select import FaceSelection
+    from restorer_core.faces.select import FaceSelection
 
     rgba16 = np.concatenate([group_photo.astype(np.uint16) * 257,
                              np.full(group_photo.shape[:2] + (1,), 40000, np.uint16)], axis=2)
@@ -187,8 +187,8 @@ def test_image_without_face_passes_through(pipeline):
 
 
 def test_similarity_selection_uses_the_identity_embedder(restorer, bank, group_photo):
-    from restorer_core.identity import IdentityConfig, IdentityEmbedder
-    from restorer_core.select import FaceSelection
+    from restorer_core.faces.identity import IdentityConfig, IdentityEmbedder
+    from restorer_core.faces.select import FaceSelection
 
     torch.manual_seed(0)
     embedder = IdentityEmbedder(IdentityConfig(stages=((32, 2, 1), (32, 2, 1)), head_channels=64)).eval()
@@ -217,7 +217,7 @@ def test_speed_runner_choice_and_same_output(tmp_path):
     from restorer_core.models.config import small_default_config
     from restorer_core.models.fast import FastRestorer, SpeedConfig
     from restorer_core.models.restorer import OneStepRestorer
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     cfg = small_default_config(64)
     torch.manual_seed(0)
@@ -260,8 +260,8 @@ class _IdentityRestorer(torch.nn.Module):
 def test_detail_transfer_keeps_large_faces_sharp():
     """With a 64 px restorer and 256 px crops, an identity network gives the crop back exactly
     with detail transfer, and a blurred crop without it."""
-    from restorer_core.faces import AlignedFace, DetectedFace
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.faces.records import AlignedFace, DetectedFace
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     rng = np.random.default_rng(0)
     crop = rng.random((256, 256, 3), dtype=np.float32)  # full of detail finer than 64 px

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from restorer_core.cli import main
-from restorer_core.imageio import load_image, read_output_marker, save_image
+from restorer_core.io.imageio import load_image, read_output_marker, save_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_zero_byte_image_is_one_failed_line_and_bank_build_rejects_it(portrait_r
 
 
 def test_unwritable_paths_are_refused_before_any_work(portrait_rgb, model_file, tmp_path, monkeypatch, capsys):
-    import restorer_core.bank as bank_module
+    import restorer_core.restore.bank as bank_module
     import restorer_core.model_zoo as zoo
 
     def no_work(*args, **kwargs):
@@ -125,7 +125,7 @@ def test_unwritable_paths_are_refused_before_any_work(portrait_rgb, model_file, 
 
 def test_report_that_cannot_be_written_after_the_work_still_gives_the_summary(portrait_rgb, model_file,
                                                                             tmp_path, monkeypatch, capsys):
-    import restorer_core.report as report_module
+    import restorer_core.io.report as report_module
 
     def disk_full(report, path, overwrite=False):
         raise OSError(28, "No space left on device")
@@ -167,7 +167,7 @@ def test_two_runs_into_one_folder_at_once_lose_nothing_and_write_no_duplicates(p
 
 
 def test_second_bank_build_to_one_file_keeps_the_first(real_lq_dir, tmp_path, monkeypatch, capsys):
-    import restorer_core.bank as bank_module
+    import restorer_core.restore.bank as bank_module
 
     out = tmp_path / "person.safetensors"
     real_build = bank_module.build_bank
@@ -187,7 +187,7 @@ def test_second_bank_build_to_one_file_keeps_the_first(real_lq_dir, tmp_path, mo
 
 
 def test_report_name_taken_meanwhile_gets_a_fresh_name(portrait_rgb, model_file, tmp_path, monkeypatch):
-    from restorer_core.pipeline import FaceRestorePipeline
+    from restorer_core.restore.pipeline import FaceRestorePipeline
 
     out = tmp_path / "out"
     real = FaceRestorePipeline.restore_images
@@ -230,7 +230,7 @@ def test_rerun_resumes_never_restores_its_outputs_and_ignores_a_stray_file(portr
     marker = read_output_marker(folder / "face_restored.png")
     assert marker["input"] == "face.png" and marker["settings"] == report["settings_digest"]
 
-    from restorer_core.cli import collect_inputs
+    from restorer_core.cli.inputs import collect_inputs
 
     left_out: list = []  # a shell glob (photos/*) names the outputs one by one: still never inputs
     globbed = [str(p) for p in sorted(folder.iterdir()) if p.suffix != ".json"]
@@ -375,7 +375,7 @@ def test_sideways_face_found_by_trying_rotations_and_output_keeps_orientation(po
 
 
 def test_box_to_original_inverts_each_rotation():
-    from restorer_core.orientation import box_to_original, rotate
+    from restorer_core.faces.orientation import box_to_original, rotate
 
     image = np.zeros((30, 50), np.uint8)
     image[5:9, 20:27] = 1  # rows 5..8, cols 20..26 -> box [20, 5, 27, 9]

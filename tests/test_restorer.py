@@ -847,7 +847,7 @@ def test_wrapping_for_speed_leaves_the_callers_model_alone(speed_kwargs):
     """FastRestorer only changes how restore_step runs: the model a caller holds is the same
     object in the same state after wrapping and restoring (compile: only wrapped, not run here)."""
     from restorer_core.models.fast import FastRestorer, SpeedConfig
-    from restorer_core.pipeline import make_runner
+    from restorer_core.restore.pipeline import make_runner
 
     model = build(tiny_config("instantrestore"))
     before = _model_state(model)

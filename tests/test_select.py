@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from restorer_core.align import FFHQ_TEMPLATE_512, transform_points
-from restorer_core.faces import DetectedFace
-from restorer_core.imageio import load_image
-from restorer_core.locate import (
+from restorer_core.faces.align import FFHQ_TEMPLATE_512, transform_points
+from restorer_core.faces.records import DetectedFace
+from restorer_core.io.imageio import load_image
+from restorer_core.faces.locate import (
     locate_faces,
     locate_faces_batch,
     locate_faces_report,
     sort_left_to_right,
 )
-from restorer_core.select import FaceSelection, parse_indices, select_faces
+from restorer_core.faces.select import FaceSelection, parse_indices, select_faces
 
 
 def det(cx: float, cy: float, size: float, score: float = 0.9) -> DetectedFace:

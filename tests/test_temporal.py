@@ -1,4 +1,4 @@
-"""Landmark smoothing over video frames (restorer_core.temporal): steadies a still face, follows
+"""Landmark smoothing over video frames (restorer_core.faces.temporal): steadies a still face, follows
 real motion, starts afresh on a cut or a new face, keeps faces apart, and reaches the pipeline;
 automatic strengths follow the same tracks so a face does not flip between kept and restored."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from restorer_core.faces import DetectedFace
-from restorer_core.temporal import (FrameTrack, LandmarkSmoother, SmoothingConfig, StrengthSmoother,
+from restorer_core.faces.records import DetectedFace
+from restorer_core.faces.temporal import (FrameTrack, LandmarkSmoother, SmoothingConfig, StrengthSmoother,
                                     StrengthSmoothing, face_scale, is_cut, smooth_frames)
 
 # a 100 px face: eyes 40 px apart, mouth 45 px below them
@@ -100,7 +100,7 @@ def test_face_scale_and_config_checks():
 
 
 def test_smooth_frames_uses_face_numbers_as_tracks():
-    from restorer_core.align import align_face
+    from restorer_core.faces.align import align_face
 
     image = np.zeros((300, 300, 3), np.uint8)
     rng = np.random.default_rng(4)
@@ -121,7 +121,7 @@ def test_pipeline_aligns_frames_at_smoothed_landmarks():
     import torch
 
     from restorer_core.models.restorer import OneStepRestorer
-    from restorer_core.pipeline import FaceRestorePipeline, RestoreOptions
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
     from tiny_models import tiny_config
 
     class Detector:
@@ -153,7 +153,7 @@ def test_pipeline_aligns_frames_at_smoothed_landmarks():
 
 
 def test_frame_order_is_numeric_within_each_folder(tmp_path):
-    from restorer_core.temporal import frame_order
+    from restorer_core.faces.temporal import frame_order
 
     a, b = tmp_path / "shot_b", tmp_path / "shot_a"
     names = [b / "f10.png", b / "f2.png", b / "f1.png", a / "x_3.png", a / "x_20.png"]
@@ -166,7 +166,7 @@ def test_cli_video_restores_frames_in_order_with_smoothing(tmp_path, model_file,
     import cv2
 
     from restorer_core import cli
-    from restorer_core.pipeline import FaceRestorePipeline
+    from restorer_core.restore.pipeline import FaceRestorePipeline
 
     photo = cv2.imread(str(Path(__file__).resolve().parents[1] / "example_workflows" / "inputs" / "blake_lively.jpg"))
     frames = tmp_path / "frames"
@@ -260,7 +260,7 @@ class ScriptedStrength:
         self.asked = 0
 
     def __call__(self, strength, crop, matrix, resolution, config=None):
-        from restorer_core.detail import AUTO, DetailEstimate
+        from restorer_core.restore.detail import AUTO, DetailEstimate
 
         if strength != AUTO:
             return float(strength), None
@@ -273,7 +273,7 @@ def tiny_pipeline():
     import torch
 
     from restorer_core.models.restorer import OneStepRestorer
-    from restorer_core.pipeline import FaceRestorePipeline
+    from restorer_core.restore.pipeline import FaceRestorePipeline
     from tiny_models import tiny_config
 
     torch.manual_seed(0)
@@ -285,8 +285,8 @@ def tiny_pipeline():
 def test_pipeline_follows_automatic_strength_only_with_the_temporal_option(monkeypatch):
     """restore_images in chunks of 4: with RestoreOptions.temporal the kept/restored decision does
     not flip; without it the strengths are the frame's own; a manual strength is never changed."""
-    from restorer_core import pipeline as pipeline_module
-    from restorer_core.pipeline import RestoreOptions
+    from restorer_core.restore import pipeline as pipeline_module
+    from restorer_core.restore.pipeline import RestoreOptions
 
     class Detector:
         def detect(self, image):
@@ -323,9 +323,9 @@ def test_pipeline_follows_automatic_strength_only_with_the_temporal_option(monke
 def test_faces_tracked_by_smooth_frames_follow_their_strength_in_one_call(monkeypatch):
     """The nodes' path: Detect Faces with smooth_landmarks tags each face with its track, and one
     restore_faces call over the clip follows them; untracked faces keep their own strengths."""
-    from restorer_core import pipeline as pipeline_module
-    from restorer_core.align import align_face
-    from restorer_core.pipeline import RestoreOptions
+    from restorer_core.restore import pipeline as pipeline_module
+    from restorer_core.faces.align import align_face
+    from restorer_core.restore.pipeline import RestoreOptions
 
     image = np.full((300, 300, 3), 100, np.uint8)
     frames = [[align_face(image, det(FACE), 64, k, 0)] for k in range(10)]

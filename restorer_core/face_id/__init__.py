@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelNotFoundError
-from ..identity import cosine_similarity as similarity
-from ..identity import embed_faces as embed_crops
+from ..faces.identity import cosine_similarity as similarity
+from ..faces.identity import embed_faces as embed_crops
 from .mobilefacenet import FACE_ID_FORMAT, MobileFaceNet, load_mobilefacenet, save_face_id
 from .warp import ARCFACE_TEMPLATE_112, ffhq_to_arcface_matrix, warp_ffhq_to_arcface
 

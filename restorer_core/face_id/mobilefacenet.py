@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from ..errors import CheckpointError, ModelNotFoundError
 from .graph import GraphModule, fuse_prelu, program_from_graph
 from .tfjs import TfjsGraph, read_graph_model

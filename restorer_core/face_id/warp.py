@@ -2,7 +2,7 @@
 
 Recognition networks trained on InsightFace data (MS1M, `faces_ms1m_112x112`) see faces
 aligned to the ArcFace 5-point template at 112 px. The project aligns to the FFHQ template
-(restorer_core.align). One fixed similarity, the least-squares fit from the FFHQ template to the
+(restorer_core.faces.align). One fixed similarity, the least-squares fit from the FFHQ template to the
 ArcFace template, maps a crop of any size to the 112 px input; it is applied with
 F.affine_grid + F.grid_sample so gradients flow back to the crop.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..align import compose_affine, invert_affine, similarity_transform, template_landmarks
+from ..faces.align import compose_affine, invert_affine, similarity_transform, template_landmarks
 
 # InsightFace's 112x112 template (arcface_torch / insightface.utils.face_align), detector order:
 # image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
@@ -48,7 +48,7 @@ def prescale_size(crop_size: int, out_size: int = 112) -> int:
 def affine_theta(matrix: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
     """F.affine_grid theta (align_corners=False) for a source -> output pixel matrix.
 
-    Pixel centres sit at integer coordinates (cv2.warpAffine's convention, as in align.py);
+    Pixel centres sit at integer coordinates (cv2.warpAffine's convention, as in faces/align.py);
     normalised coordinates u = (2 p + 1) / size - 1.
     """
     inv = np.vstack([invert_affine(matrix), [0.0, 0.0, 1.0]])  # output pixel -> source pixel

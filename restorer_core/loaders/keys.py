@@ -301,7 +301,7 @@ def fuse_lora_file(base: Mapping[str, torch.Tensor], lora: Mapping[str, torch.Te
 def atomic_target(dst: Path, overwrite: bool = False) -> Path:
     """Check that `dst` may be written (never overwrite a user's file unless asked); a missing
     folder is fine (the writer creates it) when it can be created."""
-    from ..outputs import check_folder_writable
+    from ..io.outputs import check_folder_writable
 
     dst = Path(dst)
     if dst.exists() and not overwrite:

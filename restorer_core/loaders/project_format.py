@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from ..atomic import atomic_path
-from ..digest import tensors_sha256
+from ..io.atomic import atomic_path
+from ..io.digest import tensors_sha256
 from ..errors import CheckpointError
 from ..models.config import RestorerConfig
 

@@ -209,7 +209,7 @@ class FastRestorer:
     with its restore step compiled and/or replayed from a CUDA graph. Never changes the
     restorer; see the module docstring.
 
-    persist: a restorer_core.compile_cache.PersistedCompile: the first compiled call of each
+    persist: a restorer_core.models.compile_cache.PersistedCompile: the first compiled call of each
     input signature loads the compiled code stored for it, or compiles (saying so in one line)
     and stores it. A failure to compile raises CompileError (FallbackRunner falls back on it).
     """
@@ -231,7 +231,7 @@ class FastRestorer:
         self._compiled: set = set()  # input signatures already compiled (or loaded) in this runner
         self.persist = persist
         if persist is not None and s.compile_mode:
-            from ..compile_cache import persistable
+            from .compile_cache import persistable
 
             why_not = persistable(s.inductor)
             if why_not:
@@ -279,7 +279,7 @@ class FastRestorer:
             return
         key, loaded, where = None, False, ""
         if self.persist is not None:
-            from ..compile_cache import make_key
+            from .compile_cache import make_key
 
             # where the reference networks wait is no part of the compiled step
             label = dataclasses.replace(self.speed, offload_references=False).label()

@@ -24,7 +24,7 @@ def build_face_id_network(name: str) -> tuple[nn.Module, int]:
     """(frozen eval-mode network, embedding size) for ``ref_id["network"]``, with the shipped
     weights (a restorer file then overwrites them with its own copy)."""
     if name == "identity_embedder":
-        from ..identity import load_identity_embedder
+        from ..faces.identity import load_identity_embedder
 
         net = load_identity_embedder()
         return net, int(net.config.embedding_dim)

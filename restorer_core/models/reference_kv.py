@@ -1,7 +1,7 @@
 """ReferenceKV: the keys/values a set of reference faces contributes to shared attention.
 
 They depend only on the references and the restorer's weights, so they are computed once per
-reference bank and cached (see restorer_core.reference_cache).
+reference bank and cached (see restorer_core.restore.reference_cache).
 """
 
 from __future__ import annotations

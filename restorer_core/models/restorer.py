@@ -2,7 +2,7 @@
 
 One network pass per face. `forward` reads as the method, one named step per line:
 
-    cond   = self.conditioning(mode, refs)      # what it uses, and why (restorer_core.conditioning)
+    cond   = self.conditioning(mode, refs)      # what it uses, and why (restorer_core.restore.conditioning)
     x      = self.model_input(lq)               # 0..1 -> -1..1
     noise  = self.draw_noise(x, generator)      # every random number, in a fixed order
     prompt = self.prompt(x, cond.use_visual_prompt)  # constant caption or visual prompt
@@ -30,8 +30,8 @@ from torch import nn
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..conditioning import Capabilities, Conditioning, decide
-from ..digest import tensors_sha256
+from ..restore.conditioning import Capabilities, Conditioning, decide
+from ..io.digest import tensors_sha256
 from . import vae_io
 from .attention import RecordingDone, ReferenceContext, install_processors, set_attention_backend
 from .config import RestorerConfig
@@ -146,7 +146,7 @@ class OneStepRestorer(nn.Module):
         return float(self.vae.config.scaling_factor)
 
     def weight_hash(self) -> str:
-        """restorer_core.digest.tensors_sha256 of the weights (the value a project file stores
+        """restorer_core.io.digest.tensors_sha256 of the weights (the value a project file stores
         as weights_sha256; its loader passes it in). Keys the reference cache."""
         if self._weight_hash is None:
             self._weight_hash = tensors_sha256(self.state_dict())

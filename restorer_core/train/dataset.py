@@ -5,7 +5,7 @@ crops of the same person as references (padded to ``max_refs`` with a bool mask)
 5-point landmarks of all of them (for the landmark attention loss). Validation samples are
 fixed by a seed: 1 target + 4 references per validation identity, degraded at x4 and x8.
 
-Landmark order (restorer_core.faces): right eye, left eye, nose, right mouth, left mouth
+Landmark order (restorer_core.faces.records): right eye, left eye, nose, right mouth, left mouth
 (image-left eye first). Landmarks use cv2's pixel-centre convention: pixel j has centre j,
 so a horizontal flip maps x -> S - 1 - x and swaps the left/right points.
 """

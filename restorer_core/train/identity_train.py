@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_path
-from ..identity import IdentityConfig, IdentityEmbedder, embedder_metadata
+from ..io.atomic import atomic_path
+from ..faces.identity import IdentityConfig, IdentityEmbedder, embedder_metadata
 from .dataset import FaceCache
 from .degrade import DegradationConfig, degrade, degrade_fixed
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..identity import IdentityEmbedder, load_identity_embedder
+from ..faces.identity import IdentityEmbedder, load_identity_embedder
 
 # ----------------------------------------------------------------------------- pixel / SSIM
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 
 CACHE_FORMAT = "faces-cache/1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -114,14 +114,14 @@ _WORKER: dict = {}
 
 def _init_worker(detector_name: str, size: int, quality: int, codec: str) -> None:
     cv2.setNumThreads(1)
-    from restorer_core.detect import create_detector  # lazy: only prepare needs the detector
+    from restorer_core.faces.detect import create_detector  # lazy: only prepare needs the detector
 
     _WORKER.update(detector=create_detector(detector_name), size=size, quality=quality, codec=codec)
 
 
 def _process_image(path: str) -> tuple[Optional[bytes], Optional[np.ndarray], str]:
     """Detect, pick one face (largest / most central), align, encode. Returns (bytes, crop landmarks, status)."""
-    from restorer_core.align import align_face, landmarks_in_crop
+    from restorer_core.faces.align import align_face, landmarks_in_crop
 
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from ..loaders.project_format import save_restorer
 from ..models.config import RestorerConfig, small_default_config
 from ..models.restorer import OneStepRestorer

@@ -80,7 +80,7 @@ def write_random_identity(pack, path: Path, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    identity = core(pack, "identity")
+    identity = core(pack, "faces.identity")
     torch.manual_seed(seed)
     model = identity.IdentityEmbedder(identity.IdentityConfig()).eval()
     path.parent.mkdir(parents=True, exist_ok=True)

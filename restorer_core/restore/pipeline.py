@@ -1,0 +1,436 @@
+"""Detect -> align -> restore (batched across images) -> paste back, for whole images.
+
+Faces from all images of a call are restored in batches of `batch_size`, in a stable order
+(image, then left to right). What the restorer is conditioned on is decided once per call
+(restorer_core.restore.conditioning); the reference bank's keys/values come from
+restorer_core.restore.reference_cache (memo + disk file) and are shared by every batch. Each face gets its own
+CPU generator seeded with `seed`, so a face's result does not depend on the batch it lands in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+
+from .conditioning import Capabilities, Conditioning, decide
+from .detail import AUTO, check_strength, face_strength, kept_reason
+from ..errors import CancelledError
+from ..options import SPEEDS
+from ..faces.records import AlignedFace
+from ..faces.identity import IdentityScorer
+from .paste import PasteConfig, paste_faces
+from .reference_cache import ReferenceCache
+from ..io.report import KEPT, RESTORED, UNCHANGED, FaceRecord, ImageRecord
+from ..faces.select import FaceSelection
+from ..faces.temporal import strength_smoother
+
+if TYPE_CHECKING:
+    from .bank import ReferenceBank
+    from ..faces.identity import IdentityEmbedder
+    from ..models.restorer import OneStepRestorer
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class RestoreOptions:
+    """How to restore.
+
+    mode: the restorer's conditioning ("auto" | "references" | "visual_prompt" | "both" |
+    "none"). max_refs: references used from the bank. strength: 0 keeps the input face, 1 the
+    restored one (blended in crop space, before colour fix and paste); "auto" (default) sets it per
+    face from the detail the face already has at the restorer's resolution (restorer_core.restore.detail:
+    sharp, large faces ~0, blurred or small ones 1). crop_size: the aligned
+    crop faces are cut at (None: max(restorer resolution, 512)). detail_transfer: keep the input's
+    detail finer than the restorer's resolution (see transfer_detail). cache_dir / use_cache: where the
+    bank's reference keys/values are cached (None: next to the bank file). temporal: a
+    restorer_core.faces.temporal.LandmarkSmoother when the images are consecutive frames of one video,
+    in order: each face's landmarks are smoothed over the frames before alignment, and with
+    strength "auto" each tracked face's strength follows its track (temporal.StrengthSmoothing) so
+    that it does not flip between kept and restored (the smoother keeps its state between calls,
+    so frames may come in chunks).
+    """
+
+    mode: str = "auto"
+    max_refs: int = 4
+    batch_size: int = 8
+    seed: int = 0
+    strength: Union[float, str] = AUTO
+    paste: PasteConfig = field(default_factory=PasteConfig)
+    selection: FaceSelection = field(default_factory=FaceSelection)
+    detector: str = "yunet"
+    detector_model: Optional[str] = None
+    crop_size: Optional[int] = None
+    detail_transfer: bool = True
+    cache_dir: Optional[str] = None
+    use_cache: bool = True
+    temporal: Optional[Any] = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.strength = check_strength(self.strength)
+        if self.max_refs < 1:
+            raise ValueError(f"max_refs must be at least 1, got {self.max_refs}")
+        if self.crop_size is not None and self.crop_size < 32:
+            raise ValueError(f"crop_size must be at least 32 px, got {self.crop_size}")
+
+
+@dataclass
+class ImageResult:
+    """One restored image: pixels like the input, the blend mask [H, W] in 0..1, the faces
+    (restored ones carry `.restored`) and the report record."""
+
+    pixels: np.ndarray
+    mask: np.ndarray
+    faces: list
+    record: ImageRecord
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """[S, S, 3] float -> [size, size, 3] float32 (area when shrinking, cubic when growing)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(image, (size, size), interpolation=interp), 0.0, 1.0)
+
+
+def transfer_detail(restored: np.ndarray, crop: np.ndarray, resolution: int) -> np.ndarray:
+    """Add back the input crop's detail finer than the restorer's native resolution.
+
+    A restorer that works at `resolution` px cannot represent anything finer, so a face cut at a
+    larger crop size would come back blurred. The band above the restorer's Nyquist is taken from
+    the input (crop - up(down(crop))); for faces no larger than `resolution` that band is empty and
+    nothing changes. An identity restorer thus gives back the input crop exactly.
+    """
+    crop = np.asarray(crop, dtype=np.float32)
+    size = crop.shape[0]
+    fine = crop - resize_square(resize_square(crop, resolution), size)
+    return np.clip(restored + fine, 0.0, 1.0)
+
+
+def speed_config(restorer: Any, speed: Any = "auto", device: Any = None) -> Any:
+    """The SpeedConfig a speed choice stands for (None: "eager"); the one place this is decided.
+
+    device: where the restorer will run (default: where it is now; ComfyUI loads it on the CPU
+    and moves it to the GPU for each run).
+    "graph": upsampling convs at low resolution, and on a CUDA device CUDA graphs and the VAE's
+    wide attention head as matmuls (on the CPU these two do nothing; upsampling stays on the
+    plain path on eager CUDA, see PhaseUpsample2D). "compile": graph + channels-last +
+    torch.compile (default mode) inside the CUDA graph: the fastest on a GPU, a minute or two of
+    compiling per GPU, dtype, batch size and model the first time, then loaded from the compile
+    cache (restorer_core.models.compile_cache). "auto": "compile" on a CUDA device, "graph" elsewhere.
+    On a GPU the reference networks wait on the CPU between bank builds (restores read the
+    cached K/V); a host that manages the model's memory itself (ComfyUI) builds on the CPU.
+    """
+    from ..models.fast import SpeedConfig
+
+    if isinstance(speed, SpeedConfig):
+        return speed
+    if speed not in SPEEDS:
+        raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+    if speed == "eager":
+        return None
+    run_on = torch.device(device if device is not None else restorer.device)
+    offload = torch.device(restorer.device).type == "cuda"
+    common = dict(fuse_upsample=True, wide_head_attention=True, cuda_graph=True, offload_references=offload)
+    if speed == "compile" or (speed == "auto" and run_on.type == "cuda"):
+        return SpeedConfig(channels_last=True, compile_mode="default", **common)
+    return SpeedConfig(**common)
+
+
+def make_runner(restorer: Any, speed: Any = "auto", device: Any = None, compile_cache: Any = None) -> Any:
+    """The callable that restores batches: the restorer itself ("eager"), or a FastRestorer
+    around it after setting the restorer's speed-up methods (this changes `restorer`: the
+    pipeline owns its restorer). Every choice computes the same function; see speed_config.
+
+    A compiling choice gives a FallbackRunner: compiled code is loaded from / saved to
+    `compile_cache` (a folder; None: restorer_core.models.compile_cache.default_compile_cache_dir();
+    False: not persisted), and any failure to compile falls back to the "graph" choice with
+    one line saying why.
+    """
+    from ..models.compile_cache import CompileCache, PersistedCompile, default_compile_cache_dir
+    from ..models.fast import FallbackRunner, speed_up
+
+    config = speed_config(restorer, speed, device)
+    if config is None:
+        return restorer
+    if not config.compile_mode:
+        return speed_up(restorer, config)
+    persist = None
+    if compile_cache is not False:
+        persist = PersistedCompile(CompileCache(compile_cache or default_compile_cache_dir()))
+    fallback = speed_config(restorer, "graph", device)
+    return FallbackRunner(restorer, config, fallback, persist)
+
+
+class FaceRestorePipeline:
+    """A restorer plus everything around it: detection, selection, references, paste-back.
+
+    identity: an optional restorer_core.faces.identity.IdentityEmbedder; with it, selection mode
+    "similar" works and reports carry each face's similarity to the bank.
+    speed, run_device, compile_cache: see make_runner (run_device: where the restorer will run
+    when a host moves it there later, as ComfyUI does).
+    """
+
+    def __init__(self, restorer: "OneStepRestorer", device: Any = None, dtype: Optional[torch.dtype] = None,
+                 identity: Optional["IdentityEmbedder"] = None, speed: Any = "auto", run_device: Any = None,
+                 compile_cache: Any = None):
+        if device is not None or dtype is not None:
+            restorer = restorer.to(device=device, dtype=dtype)
+        self.restorer = restorer.eval()
+        self.runner = make_runner(self.restorer, speed, run_device, compile_cache)
+        self.identity = identity
+        self._detectors: dict = {}
+        self.references = ReferenceCache()
+        self.scorer = IdentityScorer(identity) if identity is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.restorer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.restorer.dtype
+
+    @property
+    def resolution(self) -> int:
+        return int(self.restorer.config.resolution)
+
+    def release_graphs(self) -> None:
+        """Free the runner's CUDA graphs (their memory pool is invisible to a host's memory manager)."""
+        release = getattr(self.runner, "release_graphs", None)
+        if release is not None:
+            release()
+
+    def batch_shape(self, faces: int, options: "RestoreOptions") -> int:
+        """How many faces the network runs for a batch of `faces`: options.batch_size while the
+        runner is compiled (a partial batch is padded, so a compile of one batch size serves
+        every batch; each face has its own generator and batch rows never mix, so padding does
+        not change the real faces), else `faces`."""
+        return max(faces, options.batch_size) if getattr(self.runner, "compiles", False) else faces
+
+    # ----------------------------------------------------------------------------- helpers
+    def add_detector(self, options: RestoreOptions, detector: Any) -> None:
+        """Use an already created detector for options.detector / options.detector_model."""
+        self._detectors[(options.detector, options.detector_model)] = detector
+
+    def detector(self, options: RestoreOptions) -> Any:
+        """The detector the options name: one given to add_detector, else the process-wide one
+        (restorer_core.faces.detect.cached_detector)."""
+        key = (options.detector, options.detector_model)
+        if key in self._detectors:
+            return self._detectors[key]
+        from ..faces.detect import cached_detector
+
+        return cached_detector(options.detector, options.detector_model)
+
+    def crop_size(self, options: RestoreOptions) -> int:
+        """Faces are cut at >= 512 px so that paste-back (and detail transfer) keep large faces sharp."""
+        return int(options.crop_size or max(self.resolution, 512))
+
+    def conditioning(self, bank: Optional["ReferenceBank"], options: RestoreOptions) -> Conditioning:
+        """What the restorer will be conditioned on with this bank and mode, and why
+        (restorer_core.restore.conditioning decides); ValueError saying what to do when it cannot work."""
+        have_refs = bank is not None and len(bank) > 0
+        return decide(Capabilities.of(self.restorer.config), options.mode, have_refs)
+
+    def uses_references(self, bank: Any, options: RestoreOptions) -> bool:
+        return self.conditioning(bank, options).use_references
+
+    def reference_kv(self, bank: Any, options: RestoreOptions) -> Any:
+        """The bank's keys/values for this restorer (restorer_core.restore.reference_cache)."""
+        return self.references.get(bank, self.restorer, options.max_refs, options.seed,
+                                   options.cache_dir, options.use_cache)
+
+    @property
+    def last_cache_info(self) -> Any:
+        """Where the last reference keys/values came from (CacheInfo), or None."""
+        return self.references.last_info
+
+    def similarity(self, crops: Sequence[np.ndarray], bank: Any) -> Optional[list]:
+        """Cosine similarity of aligned crops [S, S, 3] (0..1) to the bank's identity, or None
+        without an identity embedder or a bank."""
+        if self.scorer is None or bank is None:
+            return None
+        return self.scorer.similarity(crops, bank)
+
+    def similarity_fn(self, bank: Any, options: RestoreOptions) -> Optional[Callable]:
+        """For selection mode "similar": faces -> similarity to the bank; None for other modes.
+        ValueError saying what is missing when the bank or the identity embedder is."""
+        if options.selection.mode != "similar":
+            return None
+        if bank is None:
+            raise ValueError("face selection 'similar' picks faces that look like the reference person: "
+                             "give reference photos (--refs), or choose another selection")
+        if self.identity is None:
+            raise ValueError("face selection 'similar' needs the identity embedder "
+                             "(restorer_core/assets/models/identity_embedder.safetensors), which is not "
+                             "loaded; choose another selection (all, largest, index, min-size)")
+        return self.scorer.for_selection(bank)
+
+    # ----------------------------------------------------------------------------- faces
+    def restore_faces(self, faces: Sequence[AlignedFace], bank: Any = None,
+                      options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
+                      should_cancel: Optional[CancelFn] = None, refs: Any = None) -> list:
+        """Restore aligned faces in batches; returns new AlignedFaces (sorted by image, then
+        face index) whose `.restored` is at their crop size, blended with `strength`; each face's
+        info carries the strength used (and, for "auto", the detail estimate behind it). A face at
+        strength 0 skips the restorer: `.restored` is its input crop and info["kept"] says why.
+        Automatic strengths of faces tracked over frames (info["track"], from options.temporal or
+        temporal.smooth_frames) follow their track; info["detail"] keeps the frame's own estimate.
+
+        Raises CancelledError when should_cancel() is true before a batch.
+        """
+        options = options or RestoreOptions()
+        ordered = sorted(faces, key=lambda f: (f.image_index, f.face_index))
+        cond = self.conditioning(bank, options)  # a mode that cannot work fails before any work
+        if not ordered:
+            return []
+        if not cond.use_references:
+            refs = None
+        elif refs is None:
+            refs = self.reference_kv(bank, options)
+        total, done, out = len(ordered), 0, []
+        res = self.resolution
+        follow = strength_smoother(options.temporal, ordered) if options.strength == AUTO else None
+        for start in range(0, total, options.batch_size):
+            if should_cancel is not None and should_cancel():
+                raise CancelledError(f"cancelled after {done} of {total} faces; nothing was written "
+                                     "for the unfinished images")
+            chunk = ordered[start:start + options.batch_size]
+            t0 = time.perf_counter()
+            decided = [face_strength(options.strength, f.crop, f.matrix, res) for f in chunk]
+            if follow is not None:  # frames of a clip: each track's automatic strength over time
+                decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
+            work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
+            outputs = {}
+            if work:
+                crops = [resize_square(chunk[k].crop, res) for k in work]
+                crops += crops[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
+                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, self.dtype)
+                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in crops]
+                with torch.inference_mode():
+                    y = self.runner(x, refs, options.mode, generator=generators)[:len(work)]
+                y = y.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+                outputs = dict(zip(work, y))
+            share = (time.perf_counter() - t0) / len(chunk)
+            for k, face in enumerate(chunk):
+                strength, estimate = decided[k]
+                kept = kept_reason(strength, estimate)
+                if kept:  # strength 0: the input face exactly, no restorer pass
+                    restored = face.crop.astype(np.float32)
+                else:
+                    restored = resize_square(outputs[k], face.crop_size)
+                    if options.detail_transfer and face.crop_size > res:
+                        restored = transfer_detail(restored, face.crop, res)
+                    if strength < 1.0:
+                        crop = face.crop.astype(np.float32)
+                        restored = crop + np.float32(strength) * (restored - crop)
+                new = face.with_restored(restored.astype(np.float32))
+                new.info["strength"] = strength
+                if kept:
+                    new.info["kept"] = kept
+                if estimate is not None:
+                    new.info["detail"] = estimate.to_dict()
+                new.info["restore_seconds"] = share
+                out.append(new)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        return out
+
+    # ----------------------------------------------------------------------------- images
+    def locate(self, pixels: np.ndarray, options: RestoreOptions, image_index: int = 0,
+               bank: Any = None) -> tuple:
+        """(faces to restore, skipped faces) of one image; crops keep the image's bit depth."""
+        from ..io.imageio import to_rgb8
+        from ..faces.locate import locate_faces_report, recut_full_depth
+
+        report = locate_faces_report(to_rgb8(np.asarray(pixels)), self.detector(options), self.crop_size(options),
+                                     options.selection, image_index, self.similarity_fn(bank, options))
+        faces = recut_full_depth(pixels, report.faces)  # 16-bit / float / gray / alpha: full depth
+        return faces, report.skipped
+
+    def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
+                       options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
+                       should_cancel: Optional[CancelFn] = None, names: Optional[Sequence[str]] = None) -> list:
+        """Restore several images with their faces batched together -> list[ImageResult]."""
+        options = options or RestoreOptions()
+        records, faces_by_image, all_faces = [], [], []
+        use_refs = self.conditioning(bank, options).use_references
+        for i, pixels in enumerate(images):
+            arr = np.asarray(pixels)
+            name = names[i] if names is not None else f"image[{i}]"
+            record = ImageRecord(input=name, width=int(arr.shape[1]), height=int(arr.shape[0]))
+            t0 = time.perf_counter()
+            faces, skipped = self.locate(arr, options, i, bank)
+            if options.temporal is not None:
+                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+                faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
+            record.add_time("detect_align", time.perf_counter() - t0)
+            for f in faces:
+                record.faces.append(FaceRecord(f.face_index, list(map(float, f.box)), f.score,
+                                               f.detection.size, similarity_before=f.info.get("similarity")))
+            for s in skipped:
+                record.faces.append(FaceRecord(s.face_index, list(map(float, s.detection.box)),
+                                               s.detection.score, s.detection.size, "skipped", s.reason))
+            records.append(record)
+            faces_by_image.append(faces)
+            all_faces.extend(faces)
+        refs = None
+        if use_refs and all_faces:
+            refs = self.reference_kv(bank, options)
+        restored = self.restore_faces(all_faces, bank, options, progress, should_cancel, refs)
+        by_image: dict = {}
+        for face in restored:
+            by_image.setdefault(face.image_index, []).append(face)
+        results = []
+        for i, pixels in enumerate(images):
+            arr, record, faces = np.asarray(pixels), records[i], by_image.get(i, [])
+            self._annotate(record, faces, bank)
+            t0 = time.perf_counter()
+            changed = [f for f in faces if not f.info.get("kept")]
+            if changed:
+                out, mask = paste_faces(arr, changed, options.paste)
+                record.status = RESTORED
+            else:
+                out, mask = arr, np.zeros(arr.shape[:2], np.float32)
+                record.status = UNCHANGED
+                if faces:
+                    reasons = sorted({f.info["kept"] for f in faces})
+                    record.note = f"{len(faces)} face(s) kept: {'; '.join(reasons)}; passed through unchanged"
+                else:
+                    record.note = (f"no face selected ({record.faces_skipped} skipped); passed through unchanged"
+                                   if record.faces else "no face found; passed through unchanged")
+            record.add_time("paste", time.perf_counter() - t0)
+            results.append(ImageResult(out, mask, faces, record))
+        return results
+
+    def _annotate(self, record: ImageRecord, faces: list, bank: Any) -> None:
+        """Mark restored (or kept) faces in the record, with their restore time and identity similarity."""
+        after = self.similarity([f.restored for f in faces], bank) if faces else None
+        before = self.similarity([f.crop for f in faces], bank) if after is not None else None
+        by_index = {f.index: f for f in record.faces}
+        for k, face in enumerate(faces):
+            rec = by_index[face.face_index]
+            kept = face.info.get("kept", "")
+            rec.status, rec.reason = (KEPT, kept) if kept else ("restored", "")
+            rec.strength = face.info.get("strength")
+            record.add_time("restore", face.info.get("restore_seconds", 0.0))
+            if after is not None:
+                rec.similarity_after = after[k]
+                rec.similarity_before = before[k]
+
+    def restore_image(self, pixels: np.ndarray, bank: Any = None, options: Optional[RestoreOptions] = None,
+                      progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None) -> tuple:
+        """One image -> (pixels like the input, blend mask [H, W] float32, report dict)."""
+        result = self.restore_images([pixels], bank, options, progress, should_cancel)[0]
+        return result.pixels, result.mask, result.record.to_dict()
