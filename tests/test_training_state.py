@@ -1,0 +1,153 @@
+"""Training state carried between sessions: 8-bit codes, chunked files, hashes, and a resume that
+continues the optimiser as the uninterrupted run would."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from restorer_core.train.quant import dequantize_log, dequantize_signed, quantize_log, quantize_signed
+from restorer_core.train.training_state import StateError, export_state, import_state, main
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.GELU(), nn.Conv2d(16, 8, 3), nn.Flatten(), nn.LazyLinear(4))
+
+
+def _steps(model, opt, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(4, 3, 12, 12, generator=g)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.fixture()
+def run():
+    """A small restorer + EMA + discriminator with AdamW states after a few real steps."""
+    model, disc = _net(0), _net(1)
+    model(torch.zeros(1, 3, 12, 12)), disc(torch.zeros(1, 3, 12, 12))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.99))
+    ema = copy.deepcopy(model)
+    for i in range(20):
+        _steps(model, opt, 1, i)
+        _steps(disc, d_opt, 1, 100 + i)
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 0.1)
+    ckpt = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "disc": disc.state_dict(), "d_opt": d_opt.state_dict(), "step": 20, "elapsed": 12.5,
+            "config": json.dumps({"lr": 1e-3})}
+    return model, opt, ckpt
+
+
+def test_signed_codes_within_half_a_step_per_block():
+    t = torch.randn(1000) * torch.logspace(-6, 0, 1000)
+    codes, scale = quantize_signed(t)
+    back = dequantize_signed(codes, scale)
+    step = scale.repeat_interleave(256)[:1000]
+    assert codes.dtype == torch.int8 and codes.shape == t.shape
+    assert bool(((back - t).abs() <= step / 2 + 1e-12).all())
+
+
+def test_log_codes_keep_relative_precision_and_never_decode_zero():
+    t = torch.rand(2000).pow(8) * 1e-6 + 1e-14  # second moments over 8 decades
+    t[512:768] = 0  # a block of parameters that never had a gradient
+    codes, bounds = quantize_log(t)
+    back = dequantize_log(codes, bounds)
+    assert bool((back[512:768] == 0).all())
+    live = t > 0
+    assert bool((back[live] > 0).all())
+    ratio = back[live] / t[live]
+    assert float(ratio.max()) < 1.06 and float(ratio.min()) > 1 / 1.06
+    with pytest.raises(ValueError):
+        quantize_log(torch.tensor([-1.0, 2.0]))
+
+
+def test_round_trip_within_the_codes_precision(run, tmp_path):
+    _, _, ckpt = run
+    manifest = export_state(ckpt, tmp_path / "s", max_file_bytes=96 * 1024)
+    assert len(manifest["files"]) > 1
+    assert all(f["bytes"] <= 96 * 1024 for f in manifest["files"])
+    back = import_state(tmp_path / "s")
+    assert back["step"] == 20 and back["elapsed"] == 12.5 and back["config"] == ckpt["config"]
+    for k, v in ckpt["model"].items():
+        assert back["model"][k].dtype == v.dtype
+        assert torch.allclose(back["model"][k], v, rtol=1e-3, atol=1e-6)
+    for k, v in ckpt["ema"].items():  # an 8-bit delta to the float16 weights
+        base = ckpt["model"][k].half().float()
+        bound = (v - base).abs().max() / 254 + 1e-7
+        assert float((back["ema"][k] - v).abs().max()) <= float(bound) + float((base - ckpt["model"][k]).abs().max())
+    assert back["opt"]["param_groups"] == json.loads(json.dumps(ckpt["opt"]["param_groups"]))
+    for idx, st in ckpt["opt"]["state"].items():
+        got = back["opt"]["state"][idx]
+        assert torch.equal(got["step"], st["step"])
+        m_err = (got["exp_avg"] - st["exp_avg"]).abs().max()
+        assert float(m_err) <= float(st["exp_avg"].abs().max()) / 254 + 1e-12
+        rel = (got["exp_avg_sq"] / st["exp_avg_sq"].clamp_min(1e-30))[st["exp_avg_sq"] > 0]
+        assert float((rel - 1).abs().max()) < 0.1
+    assert set(back["d_opt"]["state"]) == set(ckpt["d_opt"]["state"])
+
+
+def test_resumed_optimiser_continues_like_the_uninterrupted_run(run, tmp_path):
+    model, opt, ckpt = run
+    export_state(ckpt, tmp_path / "s")
+    back = import_state(tmp_path / "s")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    _steps(model, opt, 10, 999)  # the run as it would have gone on
+    goal = torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def resumed(with_moments: bool):
+        m = _net(0)
+        m(torch.zeros(1, 3, 12, 12))
+        m.load_state_dict(back["model"])
+        o = torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.99))
+        if with_moments:
+            o.load_state_dict(back["opt"])
+        _steps(m, o, 10, 999)
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    moved = (goal - torch.cat([start[k].flatten() for k, _ in model.named_parameters()])).abs().mean()
+    carried = (resumed(True) - goal).abs().mean()
+    fresh = (resumed(False) - goal).abs().mean()
+    assert float(carried) < 0.02 * float(moved)
+    assert float(carried) < 0.2 * float(fresh)  # carrying the moments is what keeps the trajectory
+
+
+def test_broken_or_missing_files_are_clear_errors(run, tmp_path):
+    _, _, ckpt = run
+    m = export_state(ckpt, tmp_path / "s", max_file_bytes=96 * 1024)
+    with pytest.raises(StateError, match="already holds"):
+        export_state(ckpt, tmp_path / "s")
+    victim = tmp_path / "s" / m["files"][1]["name"]
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="sha256"):
+        import_state(tmp_path / "s")
+    victim.unlink()
+    with pytest.raises(StateError, match="missing"):
+        import_state(tmp_path / "s")
+    with pytest.raises(StateError, match="manifest.json"):
+        import_state(tmp_path)
+
+
+def test_cli_round_trip_refuses_to_overwrite(run, tmp_path, capsys):
+    _, _, ckpt = run
+    src = tmp_path / "checkpoint.pt"
+    torch.save(ckpt, src)
+    assert main(["export", "--checkpoint", str(src), "--out", str(tmp_path / "s")]) == 0
+    dest = tmp_path / "run" / "checkpoint.pt"
+    assert main(["import", "--state", str(tmp_path / "s"), "--checkpoint", str(dest)]) == 0
+    loaded = torch.load(dest, map_location="cpu", weights_only=True)
+    assert loaded["step"] == 20 and set(loaded) >= {"model", "ema", "opt", "disc", "d_opt"}
+    before = dest.read_bytes()
+    assert main(["import", "--state", str(tmp_path / "s"), "--checkpoint", str(dest)]) == 2
+    assert "exists" in capsys.readouterr().err and dest.read_bytes() == before
