@@ -11,9 +11,8 @@ from typing import Any, Optional
 from ..restorer_core.errors import ModelNotFoundError
 from ..restorer_core.identity import DEFAULT_EMBEDDER_PATH, IdentityScorer, load_identity_embedder
 from .ops import log
+from .spec import NodeSpec, Output
 from .types import FACES, REF_BANK, FaceSet
-
-CATEGORY = "face restore/one-step"
 _IDENTITY: dict = {}
 
 
@@ -62,44 +61,40 @@ def similarity_fn(bank: Any, scorer: Optional[IdentityScorer] = None):
     return scorer.for_selection(bank)
 
 
-class FaceSimilarity:
+def similarity_inputs() -> dict:
+    return {"required": {
+        "faces": (FACES, {"tooltip": "Faces from Detect Faces or One-Step Restore (restored faces are "
+                                     "scored after restoration)."}),
+        "reference_bank": (REF_BANK, {"tooltip": "Photos of the person to compare with."})}}
+
+
+def face_similarity(faces: FaceSet, reference_bank: Any) -> tuple:
     """How much each face looks like the reference person (cosine similarity, -1..1)."""
+    scorer = get_scorer()
+    before = scorer.similarity([f.crop for f in faces.faces], reference_bank)
+    restored = [f.restored for f in faces.faces if f.restored is not None]
+    after = scorer.similarity(restored, reference_bank) if len(restored) == len(faces.faces) else None
+    scores = after if after is not None else before
+    lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s); "
+             f"the same person from {scorer.threshold:.2f}:"]
+    for k, f in enumerate(faces.faces):
+        line = f"image {f.image_index} face #{f.face_index}: input {before[k]:.3f}"
+        if after is not None:
+            line += f" -> restored {after[k]:.3f} ({after[k] - before[k]:+.3f})"
+        lines.append(line + ("" if scorer.same_person(scores[k]) else "  <- not the bank's person"))
+    if not faces.faces:
+        lines.append("no faces.")
+    report = "\n".join(lines)
+    log(report)
+    return (scores, report)
 
-    CATEGORY = CATEGORY
-    FUNCTION = "score"
-    RETURN_TYPES = ("FLOAT", "STRING")
-    RETURN_NAMES = ("similarity", "report")
-    OUTPUT_IS_LIST = (True, False)
-    DESCRIPTION = ("Identity similarity of each face to the reference bank (cosine, -1..1): of the "
-                   "restored face when there is one (with the input face's score beside it in the report), "
-                   "else of the input. Use it to check that restoration kept the person.")
-    OUTPUT_TOOLTIPS = (
-        "One similarity per face (a list of FLOATs, in face order).",
-        "Text: each face's similarity before and after restoration, and the change.",
-    )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "faces": (FACES, {"tooltip": "Faces from Detect Faces or One-Step Restore (restored faces are "
-                                         "scored after restoration)."}),
-            "reference_bank": (REF_BANK, {"tooltip": "Photos of the person to compare with."})}}
-
-    def score(self, faces: FaceSet, reference_bank: Any):
-        scorer = get_scorer()
-        before = scorer.similarity([f.crop for f in faces.faces], reference_bank)
-        restored = [f.restored for f in faces.faces if f.restored is not None]
-        after = scorer.similarity(restored, reference_bank) if len(restored) == len(faces.faces) else None
-        scores = after if after is not None else before
-        lines = [f"similarity to the reference bank ({len(reference_bank)} faces), {len(faces.faces)} face(s); "
-                 f"the same person from {scorer.threshold:.2f}:"]
-        for k, f in enumerate(faces.faces):
-            line = f"image {f.image_index} face #{f.face_index}: input {before[k]:.3f}"
-            if after is not None:
-                line += f" -> restored {after[k]:.3f} ({after[k] - before[k]:+.3f})"
-            lines.append(line + ("" if scorer.same_person(scores[k]) else "  <- not the bank's person"))
-        if not faces.faces:
-            lines.append("no faces.")
-        report = "\n".join(lines)
-        log(report)
-        return (scores, report)
+FACE_SIMILARITY = NodeSpec(
+    "OneStepFaceSimilarity", "Face Similarity",
+    "Identity similarity of each face to the reference bank (cosine, -1..1): of the restored face when "
+    "there is one (with the input face's score beside it in the report), else of the input. Use it to "
+    "check that restoration kept the person.",
+    similarity_inputs,
+    (Output("FLOAT", "similarity", "One similarity per face (a list of FLOATs, in face order).", is_list=True),
+     Output("STRING", "report", "Text: each face's similarity before and after restoration, and the change.")),
+    face_similarity, "score")
