@@ -154,8 +154,8 @@ def child_nodes(a) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(b"")  # listed by the loader; its read is replaced below
     loader_mod.load_any_restorer = lambda *args, **kw: model
-    handle = loader_mod.LoadFaceRestorer().load(name, "none", "cpu" if a.tiny else "auto",
-                                                "fp32" if a.tiny else a.dtype, False, speed=a.speed)[0]
+    handle = loader_mod.load_face_restorer(name, "none", "cpu" if a.tiny else "auto",
+                                           "fp32" if a.tiny else a.dtype, False, speed=a.speed)[0]
     cb.load_on_device(handle.patcher)
     _lq, ref_imgs = _inputs(handle.pipeline.device, res, 1, a.refs)
     with torch.no_grad():

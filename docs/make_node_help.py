@@ -63,7 +63,9 @@ def load_pack():
         sys.path.insert(0, str(stub))
     import harness  # noqa: E402  (tests/comfy_stub)
 
-    return harness.load_pack(REPO)
+    # the classic registration: its INPUT_TYPES give dropdowns as lists (the V3 one serves the
+    # same nodes, tests/test_nodes_v3.py)
+    return harness.load_pack(REPO, comfy_api=False)
 
 
 # choices that list the files of a model folder: they differ from one installation to the next

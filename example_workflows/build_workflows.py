@@ -151,15 +151,17 @@ def text_width(text: str) -> float:
 
 
 def display_names() -> dict:
-    """Node titles as the frontend shows them: core names, then this pack's display names."""
+    """Node titles as the frontend shows them: core names, then this pack's display names (the
+    first two arguments, node id and title, of each NodeSpec(...) in nodes/*.py)."""
     import ast
 
-    tree = ast.parse((HERE.parent / "nodes" / "__init__.py").read_text(encoding="utf-8"))
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "NODE_DISPLAY_NAME_MAPPINGS"
-                                                for t in stmt.targets):
-            return {**CORE_DISPLAY_NAMES, **ast.literal_eval(stmt.value)}
-    return dict(CORE_DISPLAY_NAMES)
+    names = dict(CORE_DISPLAY_NAMES)
+    for path in sorted((HERE.parent / "nodes").glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(call, ast.Call) and getattr(call.func, "id", "") == "NodeSpec"
+                    and len(call.args) >= 2 and all(isinstance(a, ast.Constant) for a in call.args[:2])):
+                names[call.args[0].value] = call.args[1].value
+    return names
 
 
 def frontend_min_size(title: str, inputs: list, outputs: list, widgets: list) -> tuple:

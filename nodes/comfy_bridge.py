@@ -21,6 +21,7 @@ CACHE_FOLDER = "face_restore_onestep_cache"
 DETECTOR_FOLDER = "facedetection"  # shared with other face packs (facexlib/insightface weights)
 RESTORER_EXTENSIONS = (".safetensors", ".pt", ".pth", ".ckpt")
 DETECTOR_EXTENSIONS = (".onnx", ".pth")
+INSIGHTFACE_FOLDER = "insightface"  # insightface's model packs (models/buffalo_l, models/antelopev2), as other face packs keep them
 
 
 def register_model_folders() -> None:
@@ -28,8 +29,16 @@ def register_model_folders() -> None:
 
     Paths the user set in extra_model_paths.yaml stay; ours is appended, not forced first.
     """
-    for name in (RESTORER_FOLDER, CACHE_FOLDER, DETECTOR_FOLDER):
+    for name in (RESTORER_FOLDER, CACHE_FOLDER, DETECTOR_FOLDER, INSIGHTFACE_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+
+
+def insightface_dirs() -> list[str]:
+    """ComfyUI's insightface model folders (its models/insightface, and any extra_model_paths.yaml adds)."""
+    try:
+        return list(folder_paths.get_folder_paths(INSIGHTFACE_FOLDER))
+    except KeyError:
+        return []
 
 
 def list_models(folder: str, extensions: tuple) -> list[str]:

@@ -8,9 +8,8 @@ from . import comfy_bridge as cb
 from . import ops
 from ..restorer_core.faces.temporal import SmoothingConfig
 from .identity_check import SELECTIONS, make_selection
+from .spec import NodeSpec, Output
 from .types import FACES, REF_BANK
-
-CATEGORY = "face restore/one-step"
 
 
 def detector_inputs() -> dict:
@@ -71,54 +70,55 @@ def smoothing_input() -> tuple:
                                    "Default off (for unrelated images)."})
 
 
-class DetectFaces:
+DESCRIPTION = ("Detect faces, choose which to restore, and align them onto the restorer's template. "
+               "Faces are numbered left to right; with track_faces the numbers follow each person "
+               "across the frames of a batch. Connect faces to One-Step Restore, and the same image "
+               "to Paste Faces Back.")
+
+
+def detect_inputs() -> dict:
+    """Detect Faces' inputs."""
+    required = {"image": ("IMAGE", {"tooltip": "The image, or a batch of images / video frames in "
+                                               "order. Images without a face pass through."})}
+    required.update(detector_inputs())
+    required.update(selection_inputs())
+    required["track_faces"] = ("BOOLEAN", {"default": True,
+                               "tooltip": "On (default): a face keeps its number from frame to frame (matched by "
+                                          "position and size), so index selection follows one person "
+                                          "through a clip. Off: numbered left to right in each image "
+                                          "(for unrelated images)."})
+    required["crop_size"] = ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
+                             "tooltip": "Size the faces are cut at (default 512). The restorer works at its own "
+                                        "size; larger crops keep the input's fine detail for paste-back. "
+                                        "Lower it (256) to save memory on big batches."})
+    return {"required": required, "optional": {
+        "reference_bank": (REF_BANK, {"tooltip": "Optional: photos of the person, needed only by "
+                                                 "selections similar and same_person."}),
+        "smooth_landmarks": smoothing_input()}}
+
+
+def detect_faces(image, detector: str, detector_model: str, threshold: float, selection: str,
+                 max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
+                 track_faces: bool, crop_size: int, reference_bank: Optional[Any] = None,
+                 smooth_landmarks: bool = False) -> tuple:
     """Finds, numbers and aligns the faces of an image batch (video frames keep face numbers)."""
+    det = ops.get_detector(detector, detector_model, threshold)
+    sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
+                              reference_bank)
+    faces = ops.detect(image, det, sel, int(crop_size), bool(track_faces), sim,
+                       smoothing=SmoothingConfig() if smooth_landmarks else None)
+    lines = ops.describe_faces(faces)
+    if not faces.faces:
+        ops.log("no faces found: the images pass through unchanged.")
+    return (faces, faces.crops_tensor(), ops.face_box_mask(faces), "\n".join(lines))
 
-    CATEGORY = CATEGORY
-    FUNCTION = "detect"
-    RETURN_TYPES = (FACES, "IMAGE", "MASK", "STRING")
-    RETURN_NAMES = ("faces", "crops", "face_mask", "report")
-    DESCRIPTION = ("Detect faces, choose which to restore, and align them onto the restorer's template. "
-                   "Faces are numbered left to right; with track_faces the numbers follow each person "
-                   "across the frames of a batch. Connect faces to One-Step Restore, and the same image "
-                   "to Paste Faces Back.")
-    OUTPUT_TOOLTIPS = (
-        "The selected faces, aligned (for One-Step Restore and Face Similarity).",
-        "The aligned face crops as an IMAGE batch (one black crop when no face was found), to preview.",
-        "A MASK per image, 1 inside every selected face's detection box.",
-        "Text: faces found per image with their number, size and score, and why faces were skipped.",
-    )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        required = {"image": ("IMAGE", {"tooltip": "The image, or a batch of images / video frames in "
-                                                   "order. Images without a face pass through."})}
-        required.update(detector_inputs())
-        required.update(selection_inputs())
-        required["track_faces"] = ("BOOLEAN", {"default": True,
-                                   "tooltip": "On (default): a face keeps its number from frame to frame (matched by "
-                                              "position and size), so index selection follows one person "
-                                              "through a clip. Off: numbered left to right in each image "
-                                              "(for unrelated images)."})
-        required["crop_size"] = ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
-                                 "tooltip": "Size the faces are cut at (default 512). The restorer works at its own "
-                                            "size; larger crops keep the input's fine detail for paste-back. "
-                                            "Lower it (256) to save memory on big batches."})
-        return {"required": required, "optional": {
-            "reference_bank": (REF_BANK, {"tooltip": "Optional: photos of the person, needed only by "
-                                                     "selections similar and same_person."}),
-            "smooth_landmarks": smoothing_input()}}
-
-    def detect(self, image, detector: str, detector_model: str, threshold: float, selection: str,
-               max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
-               track_faces: bool, crop_size: int, reference_bank: Optional[Any] = None,
-               smooth_landmarks: bool = False):
-        det = ops.get_detector(detector, detector_model, threshold)
-        sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
-                                  reference_bank)
-        faces = ops.detect(image, det, sel, int(crop_size), bool(track_faces), sim,
-                           smoothing=SmoothingConfig() if smooth_landmarks else None)
-        lines = ops.describe_faces(faces)
-        if not faces.faces:
-            ops.log("no faces found: the images pass through unchanged.")
-        return (faces, faces.crops_tensor(), ops.face_box_mask(faces), "\n".join(lines))
+DETECT_FACES = NodeSpec(
+    "OneStepDetectFaces", "Detect Faces (One-Step)", DESCRIPTION, detect_inputs,
+    (Output(FACES, "faces", "The selected faces, aligned (for One-Step Restore and Face Similarity)."),
+     Output("IMAGE", "crops", "The aligned face crops as an IMAGE batch (one black crop when no face was "
+                              "found), to preview."),
+     Output("MASK", "face_mask", "A MASK per image, 1 inside every selected face's detection box."),
+     Output("STRING", "report", "Text: faces found per image with their number, size and score, and why "
+                                "faces were skipped.")),
+    detect_faces, "detect")

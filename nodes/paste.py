@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ..restorer_core.restore.paste import PasteConfig
 from . import ops
+from .spec import NodeSpec, Output
 from .types import FACES, FaceSet
-
-CATEGORY = "face restore/one-step"
 
 
 def paste_inputs() -> dict:
@@ -32,31 +31,29 @@ def paste_inputs() -> dict:
     }
 
 
-class PasteFacesBack:
+def paste_back_inputs() -> dict:
+    required = {"image": ("IMAGE", {"tooltip": "The same image (batch) that went into Detect Faces."}),
+                "faces": (FACES, {"tooltip": "Restored faces from One-Step Restore."})}
+    required.update(paste_inputs())
+    return {"required": required}
+
+
+def paste_faces_back(image, faces: FaceSet, color_fix: str, mask_shape: str, feather: float,
+                     erosion: float) -> tuple:
     """Blends restored faces into the images they came from, without seams or colour shifts."""
+    config = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
+    out, mask, lines = ops.paste(image, faces, config)
+    for line in lines:
+        ops.log(line)
+    return (out, mask)
 
-    CATEGORY = CATEGORY
-    FUNCTION = "paste"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("image", "mask")
-    DESCRIPTION = ("Paste restored faces back into the images they came from, with a soft mask and a "
-                   "colour fix. Connect the same IMAGE that went into Detect Faces; pixels outside every "
-                   "face mask are unchanged, images without restored faces pass through.")
-    OUTPUT_TOOLTIPS = (
-        "The images with the restored faces blended in (same size and batch as the input).",
-        "A MASK per image: how much of the restored face went into each pixel (0..1).",
-    )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        required = {"image": ("IMAGE", {"tooltip": "The same image (batch) that went into Detect Faces."}),
-                    "faces": (FACES, {"tooltip": "Restored faces from One-Step Restore."})}
-        required.update(paste_inputs())
-        return {"required": required}
-
-    def paste(self, image, faces: FaceSet, color_fix: str, mask_shape: str, feather: float, erosion: float):
-        config = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
-        out, mask, lines = ops.paste(image, faces, config)
-        for line in lines:
-            ops.log(line)
-        return (out, mask)
+PASTE_FACES_BACK = NodeSpec(
+    "OneStepPasteFacesBack", "Paste Faces Back",
+    "Paste restored faces back into the images they came from, with a soft mask and a colour fix. Connect "
+    "the same IMAGE that went into Detect Faces; pixels outside every face mask are unchanged, images "
+    "without restored faces pass through.",
+    paste_back_inputs,
+    (Output("IMAGE", "image", "The images with the restored faces blended in (same size and batch as the input)."),
+     Output("MASK", "mask", "A MASK per image: how much of the restored face went into each pixel (0..1).")),
+    paste_faces_back, "paste")

@@ -13,9 +13,9 @@ from ..restorer_core.faces.temporal import SmoothingConfig
 from .detect import detector_inputs, selection_inputs, smoothing_input
 from .paste import paste_inputs
 from .identity_check import check_identity, make_selection
+from .spec import NodeSpec, Output
 from .types import FACE_RESTORER, FACES, REF_BANK, FaceRestorerHandle, FaceSet
 
-CATEGORY = "face restore/one-step"
 BANK_TOOLTIP = {"tooltip": "Optional: photos of the person (Reference Bank). Connected, the restorer "
                            "borrows their detail and keeps the identity; leave it empty for faces of "
                            "unknown people."}
@@ -87,87 +87,80 @@ def identity_lines(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, option
     return check_identity(faces, bank)
 
 
-class OneStepRestore:
+def one_step_inputs() -> dict:
+    required = {"restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."}),
+                "faces": (FACES, {"tooltip": "Aligned faces from Detect Faces."})}
+    required.update(restore_inputs())
+    return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
+                                               **optional_restore_inputs()}}
+
+
+def one_step_restore(restorer: FaceRestorerHandle, faces: FaceSet, mode: str, max_refs: int,
+                     strength: float, seed: int, batch_size: int, reference_bank: Optional[Any] = None,
+                     auto_strength: bool = True) -> tuple:
     """Restores detected faces in one network pass each, optionally guided by a reference bank."""
-
-    CATEGORY = CATEGORY
-    FUNCTION = "restore"
-    RETURN_TYPES = (FACES, "IMAGE", "STRING")
-    RETURN_NAMES = ("faces", "restored_crops", "report")
-    DESCRIPTION = ("Restore the faces from Detect Faces in one network pass each. With a reference bank "
-                   "the restorer borrows detail from the person's reference photos (their keys/values are "
-                   "computed once and cached on disk); without one it uses the visual prompt embedded "
-                   "from the face itself.")
-    OUTPUT_TOOLTIPS = (
-        "The faces with their restored crops, for Paste Faces Back and Face Similarity.",
-        "The restored face crops as an IMAGE batch, to preview.",
-        "Text: faces restored, the model and conditioning used, and the reference cache status.",
-    )
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        required = {"restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."}),
-                    "faces": (FACES, {"tooltip": "Aligned faces from Detect Faces."})}
-        required.update(restore_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
-                                                   **optional_restore_inputs()}}
-
-    def restore(self, restorer: FaceRestorerHandle, faces: FaceSet, mode: str, max_refs: int,
-                strength: float, seed: int, batch_size: int, reference_bank: Optional[Any] = None,
-                auto_strength: bool = True):
-        options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
-        out, lines = ops.restore(restorer, faces, reference_bank, options)
-        lines = lines + strength_lines(out)
-        lines += identity_lines(restorer, faces, reference_bank, options)
-        return (out, out.crops_tensor(restored=True), "\n".join(lines))
+    options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
+    out, lines = ops.restore(restorer, faces, reference_bank, options)
+    lines = lines + strength_lines(out)
+    lines += identity_lines(restorer, faces, reference_bank, options)
+    return (out, out.crops_tensor(restored=True), "\n".join(lines))
 
 
-class RestoreFaces:
+def restore_faces_inputs() -> dict:
+    required = {"image": ("IMAGE", {"tooltip": "The image, or a batch of images / video frames in "
+                                               "order."}),
+                "restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."})}
+    required.update(restore_inputs())
+    required.update(detector_inputs())
+    required.update(selection_inputs())
+    required.update(paste_inputs())
+    return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
+                                               **optional_restore_inputs(),
+                                               "smooth_landmarks": smoothing_input()}}
+
+
+def restore_faces(image, restorer: FaceRestorerHandle, mode: str, max_refs: int, strength: float, seed: int,
+                  batch_size: int, detector: str, detector_model: str, threshold: float, selection: str,
+                  max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
+                  color_fix: str, mask_shape: str, feather: float, erosion: float,
+                  reference_bank: Optional[Any] = None, auto_strength: bool = True,
+                  smooth_landmarks: bool = False) -> tuple:
     """Detect, restore and paste back in one node (same steps as the three split nodes)."""
+    options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
+    paste_cfg = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
+    det = ops.get_detector(detector, detector_model, threshold)
+    sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
+                              reference_bank)
+    crop_size = max(restorer.resolution, 512)  # as Detect Faces' default: paste-back at >= 512 px
+    faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim,
+                       smoothing=SmoothingConfig() if smooth_landmarks else None)
+    lines = ops.describe_faces(faces)
+    restored, restore_lines = ops.restore(restorer, faces, reference_bank, options)
+    restore_lines += identity_lines(restorer, faces, reference_bank, options)
+    out, mask, paste_lines = ops.paste(image, restored, paste_cfg)
+    report = "\n".join(lines + restore_lines + strength_lines(restored) + paste_lines)
+    return (out, mask, report)
 
-    CATEGORY = CATEGORY
-    FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE", "MASK", "STRING")
-    RETURN_NAMES = ("image", "mask", "report")
-    DESCRIPTION = ("Detect, restore and paste back in one node: the same steps and results as Detect "
-                   "Faces -> One-Step Restore -> Paste Faces Back. Images without a face pass through "
-                   "unchanged. Use the split nodes to preview crops or score identity in between.")
-    OUTPUT_TOOLTIPS = (
-        "The images with the restored faces blended in (same size and batch as the input).",
-        "A MASK per image: how much of the restored face went into each pixel (0..1).",
-        "Text: faces found and skipped, restoration and paste-back details.",
-    )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        required = {"image": ("IMAGE", {"tooltip": "The image, or a batch of images / video frames in "
-                                                   "order."}),
-                    "restorer": (FACE_RESTORER, {"tooltip": "From Load Face Restorer."})}
-        required.update(restore_inputs())
-        required.update(detector_inputs())
-        required.update(selection_inputs())
-        required.update(paste_inputs())
-        return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
-                                                   **optional_restore_inputs(),
-                                                   "smooth_landmarks": smoothing_input()}}
+ONE_STEP_RESTORE = NodeSpec(
+    "OneStepRestore", "One-Step Restore",
+    "Restore the faces from Detect Faces in one network pass each. With a reference bank the restorer "
+    "borrows detail from the person's reference photos (their keys/values are computed once and cached "
+    "on disk); without one it uses the visual prompt embedded from the face itself.",
+    one_step_inputs,
+    (Output(FACES, "faces", "The faces with their restored crops, for Paste Faces Back and Face Similarity."),
+     Output("IMAGE", "restored_crops", "The restored face crops as an IMAGE batch, to preview."),
+     Output("STRING", "report", "Text: faces restored, the model and conditioning used, and the reference "
+                                "cache status.")),
+    one_step_restore, "restore")
 
-    def run(self, image, restorer: FaceRestorerHandle, mode: str, max_refs: int, strength: float, seed: int,
-            batch_size: int, detector: str, detector_model: str, threshold: float, selection: str,
-            max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
-            color_fix: str, mask_shape: str, feather: float, erosion: float,
-            reference_bank: Optional[Any] = None, auto_strength: bool = True,
-            smooth_landmarks: bool = False):
-        options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
-        paste_cfg = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
-        det = ops.get_detector(detector, detector_model, threshold)
-        sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,
-                                  reference_bank)
-        crop_size = max(restorer.resolution, 512)  # as Detect Faces' default: paste-back at >= 512 px
-        faces = ops.detect(image, det, sel, crop_size, track=True, similarity_fn=sim,
-                           smoothing=SmoothingConfig() if smooth_landmarks else None)
-        lines = ops.describe_faces(faces)
-        restored, restore_lines = ops.restore(restorer, faces, reference_bank, options)
-        restore_lines += identity_lines(restorer, faces, reference_bank, options)
-        out, mask, paste_lines = ops.paste(image, restored, paste_cfg)
-        report = "\n".join(lines + restore_lines + strength_lines(restored) + paste_lines)
-        return (out, mask, report)
+RESTORE_FACES = NodeSpec(
+    "OneStepRestoreFaces", "Restore Faces (One-Step, all-in-one)",
+    "Detect, restore and paste back in one node: the same steps and results as Detect Faces -> One-Step "
+    "Restore -> Paste Faces Back. Images without a face pass through unchanged. Use the split nodes to "
+    "preview crops or score identity in between.",
+    restore_faces_inputs,
+    (Output("IMAGE", "image", "The images with the restored faces blended in (same size and batch as the input)."),
+     Output("MASK", "mask", "A MASK per image: how much of the restored face went into each pixel (0..1)."),
+     Output("STRING", "report", "Text: faces found and skipped, restoration and paste-back details.")),
+    restore_faces, "run")

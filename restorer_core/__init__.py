@@ -4,4 +4,4 @@ Pure Python + torch; never imports ComfyUI. Submodules are imported lazily by ca
 `import restorer_core` stays cheap (no torch/diffusers import until a model is needed).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -338,3 +338,32 @@ def test_compile_cache_option_saves_compiled_code_and_an_unwritable_folder_is_a_
     assert _restore([photos["portrait"]], tmp_path / "c", model_file, "--speed", "compile", "--strength", "1",
                     "--compile-cache", "none") == 0
     assert len(list(folder.glob("*" + SUFFIX))) == 1 and blocked.read_text() == "not a folder"
+
+
+def test_identity_from_an_insightface_folder_scores_the_report(photos, model_file, real_lq_dir, tmp_path, capsys):
+    """--identity DIR: ArcFace from the folder's buffalo_l (a tiny model in its layout) scores the
+    report's similarities, named in it; the default is the shipped embedder; a folder without a
+    model, or a file that is not one, is a usage error before anything is written."""
+    from tiny_arcface import write_tiny_arcface
+
+    insightface = tmp_path / "insightface"
+    model = write_tiny_arcface(insightface / "models" / "buffalo_l" / "w600k_r50.onnx")
+    refs = real_lq_dir / "lfw_references" / "Jesse_Ventura"
+    reports = {}
+    for name, extra in (("arcface", ["--identity", str(insightface)]), ("shipped", [])):
+        path = tmp_path / f"{name}.json"
+        assert _restore([photos["portrait"]], tmp_path / name, model_file, "--refs", str(refs), "--strength", "1",
+                        "--report", str(path), *extra) == 0
+        reports[name] = json.loads(path.read_text())
+    assert reports["arcface"]["identity"] == {"available": True, "network": "ArcFace w600k_r50.onnx",
+                                              "path": str(model)}
+    assert reports["shipped"]["identity"]["network"] == "identity_embedder"
+    faces = {k: r["images"][0]["faces"][0] for k, r in reports.items()}
+    assert all(isinstance(f["similarity_after"], float) for f in faces.values())
+    assert faces["arcface"]["similarity_before"] != pytest.approx(faces["shipped"]["similarity_before"], abs=1e-3)
+    for bad, said in ((tmp_path / "empty", "no ArcFace model in that folder"),
+                      (write_tiny_arcface(tmp_path / "x.onnx", dim=128), "N x 512")):
+        bad.mkdir(exist_ok=True) if not bad.suffix else None
+        out = tmp_path / "bad"
+        assert _restore([photos["portrait"]], out, model_file, "--refs", str(refs), "--identity", str(bad)) == 2
+        assert said in capsys.readouterr().err and not out.exists()

@@ -39,7 +39,9 @@ BANK = dict(detector="yunet", detector_model="default", threshold=0.6, align_siz
 
 @pytest.fixture(scope="module")
 def pack():
-    return harness.load_pack()
+    """The pack on the classic node API (an older ComfyUI); tests/test_nodes_v3.py checks that the
+    V3 registration serves the same nodes, and the workflow tests run through both."""
+    return harness.load_pack(comfy_api=False)
 
 
 @pytest.fixture(scope="module")
@@ -628,3 +630,65 @@ def test_cancel_between_batches_raises_comfy_interrupt(N, handle, blake):
         mm.interrupt_current_processing(False)
     assert calls == [1]  # one of the two faces was done, the second batch never started
     assert not mm.processing_interrupted()
+
+
+# ----------------------------------------------------------------------------- ArcFace from insightface
+
+
+@pytest.fixture()
+def insightface_arcface(pack, monkeypatch):
+    """A tiny model in ArcFace's layout where insightface's buffalo_l keeps w600k_r50.onnx."""
+    from tiny_arcface import write_tiny_arcface
+
+    sim = sys.modules[f"{pack.__name__}.nodes.similarity"]
+    monkeypatch.delenv(sim.IDENTITY_ENV, raising=False)
+    root = Path(folder_paths.models_dir) / "insightface"
+    path = write_tiny_arcface(root / "models" / "buffalo_l" / "w600k_r50.onnx")
+    sim._IDENTITY.clear()
+    yield path
+    shutil.rmtree(root)
+    sim._IDENTITY.clear()
+
+
+def test_nodes_score_identity_with_arcface_when_insightface_has_it(pack, N, handle, blake, bank, insightface_arcface,
+                                                                   monkeypatch):
+    """Face Similarity, the identity check and same_person selection all use the user's ArcFace
+    (its scores, its 0.28 threshold, its name in the reports); ONESTEP_IDENTITY=shipped goes back
+    to the shipped embedder."""
+    arcface = harness.core(pack, "face_id.arcface_onnx").ArcFaceOnnx(insightface_arcface)
+    identity = harness.core(pack, "identity")
+    faces = detect(N, blake)[0]
+    scores, report = N["OneStepFaceSimilarity"].score(faces, bank)
+    expected = identity.IdentityScorer(arcface).similarity([f.crop for f in faces.faces], bank)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert "by ArcFace w600k_r50.onnx" in report and "same person from 0.28" in report
+    restored = N["OneStepRestore"].restore(handle, faces, **RESTORE, reference_bank=bank)[2]
+    assert "identity check (ArcFace w600k_r50.onnx, same person from 0.28)" in restored
+    kept = detect(N, blake, selection="same_person", reference_bank=bank)[0]
+    assert [f.face_index for f in kept.faces] == [i for i, s in enumerate(expected) if s >= 0.28]
+    monkeypatch.setenv("ONESTEP_IDENTITY", "shipped")
+    shipped = N["OneStepFaceSimilarity"].score(faces, bank)[1]
+    assert "by identity_embedder" in shipped and "ArcFace" not in shipped
+
+
+def test_arcface_that_cannot_run_falls_back_or_says_why(pack, N, blake, bank, insightface_arcface, monkeypatch,
+                                                        capsys, tmp_path):
+    """A found model that is not ArcFace's layout: the shipped embedder, and a console line naming
+    the file; a model the user named (ONESTEP_IDENTITY) that is missing or broken: an error."""
+    from tiny_arcface import write_tiny_arcface
+
+    errors = harness.core(pack, "errors")
+    write_tiny_arcface(insightface_arcface, dim=256)  # found, but a 256-d output
+    faces = detect(N, blake)[0]
+    capsys.readouterr()
+    report = N["OneStepFaceSimilarity"].score(faces, bank)[1]
+    N["OneStepFaceSimilarity"].score(faces, bank)
+    assert "by identity_embedder" in report
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "w600k_r50.onnx" in ln]
+    assert len(notes) == 1 and "N x 512" in notes[0] and "using the shipped embedder" in notes[0]  # said once
+    monkeypatch.setenv("ONESTEP_IDENTITY", str(insightface_arcface))
+    with pytest.raises(errors.CheckpointError, match="expected one N x 512 embedding"):
+        N["OneStepFaceSimilarity"].score(faces, bank)
+    monkeypatch.setenv("ONESTEP_IDENTITY", str(tmp_path / "glintr100.onnx"))
+    with pytest.raises(errors.ModelNotFoundError, match="no such file"):
+        N["OneStepFaceSimilarity"].score(faces, bank)

@@ -35,23 +35,50 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
+# Slow runs of pack behaviour that does not depend on the node API: on the V3 API only. Every
+# other test (the static checks, running workflow 01, validation, the fingerprint) runs both.
+V3_ONLY = {"test_character_workflow_runs_a_mixed_size_batch_against_one_bank",
+           "test_frames_workflow_keeps_face_numbers_and_restores_one_person",
+           "test_graph_switching_restorer_recomputes_the_reference_cache",
+           "test_graph_cancelled_mid_run_raises_interrupt_and_resumes_from_cache",
+           "test_graph_with_an_empty_bank_stops_with_a_clear_error",
+           "test_graph_without_faces_passes_the_image_through"}
+
+
+def pytest_generate_tests(metafunc):
+    if "api" in metafunc.fixturenames:
+        apis = ["v3"] if metafunc.function.__name__ in V3_ONLY else ["v3", "classic"]
+        metafunc.parametrize("api", apis, scope="module")
+
+
 @pytest.fixture(scope="module")
-def pack():
-    return harness.load_pack()
+def pack(api):
+    """The pack as ComfyUI with the V3 node API loads it (comfy_entrypoint), or as an older
+    ComfyUI does (NODE_CLASS_MAPPINGS)."""
+    return harness.load_pack(comfy_api=api == "v3")
 
 
 @pytest.fixture(scope="module")
 def mappings(pack):
-    return {**core_nodes.NODE_CLASS_MAPPINGS, **pack.NODE_CLASS_MAPPINGS}
+    return {**core_nodes.NODE_CLASS_MAPPINGS, **harness.registered_nodes(pack)[0]}
 
 
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def choices(entry: tuple):
+    """A dropdown's choices (classic: the list is the type; V3: ("COMBO", {"options": [...]})), else None."""
+    if isinstance(entry[0], list):
+        return entry[0]
+    if entry[0] == "COMBO":
+        return entry[1].get("options", [])
+    return None
+
+
 def is_widget(entry: tuple) -> bool:
     kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
-    return (isinstance(kind, list) or kind in WIDGET_KINDS) and not opts.get("forceInput", False)
+    return (choices(entry) is not None or kind in WIDGET_KINDS) and not opts.get("forceInput", False)
 
 
 def ui_widgets_to_inputs(node: dict, cls: type) -> dict:
@@ -71,7 +98,7 @@ def ui_widgets_to_inputs(node: dict, cls: type) -> dict:
             if entry[0] == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
                 control = values.pop(0)
                 assert control in CONTROL_VALUES, f"node {node['id']}: bad control_after_generate {control!r}"
-            if isinstance(entry[0], list) and opts.get("image_upload"):
+            if choices(entry) is not None and opts.get("image_upload"):
                 assert values.pop(0) == "image", f"node {node['id']}: LoadImage needs its upload widget value"
     assert not values, f"node {node['id']} ({node['type']}): {len(values)} widget values too many: {values}"
     return out
@@ -84,8 +111,8 @@ def check_value(node: dict, name: str, entry: tuple, value) -> None:
         assert (WORKFLOWS / "inputs" / value).is_file(), f"{where}: not shipped in example_workflows/inputs"
     elif node["type"] == "CheckpointLoaderSimple" and name == "ckpt_name":
         assert Path(value).suffix in folder_paths.supported_pt_extensions, where
-    elif isinstance(kind, list):
-        assert value in kind, f"{where}: not one of {kind[:12]}"
+    elif choices(entry) is not None:
+        assert value in choices(entry), f"{where}: not one of {choices(entry)[:12]}"
     elif kind == "INT":
         assert isinstance(value, int) and not isinstance(value, bool), where
         assert opts.get("min", -2**63) <= value <= opts.get("max", 2**64), where
@@ -199,7 +226,7 @@ def frontend_widgets(cls: type, builder) -> list:
             out.append((name, builder.MULTILINE_MIN_H if opts.get("multiline") else builder.WIDGET_H))
             if entry[0] == "INT" and opts.get("control_after_generate", name in ("seed", "noise_seed")):
                 out.append(("control_after_generate", builder.WIDGET_H))
-            if isinstance(entry[0], list) and opts.get("image_upload"):
+            if choices(entry) is not None and opts.get("image_upload"):
                 out += [("upload", builder.WIDGET_H), ("", builder.IMAGE_PREVIEW_H)]
     if getattr(cls, "OUTPUT_NODE", False) and spec.get("required", {}).get("images", ("",))[0] == "IMAGE":
         out.append(("", builder.IMAGE_PREVIEW_H))
@@ -211,7 +238,7 @@ def test_nodes_are_at_least_as_big_as_the_frontend_makes_them(path, pack, mappin
     """The frontend grows a node to LGraphNode.computeSize of its real inputs (that is how the
     old files came to overlap): every saved size is at least that, from the classes themselves."""
     wf = load_json(path)
-    titles = {**builder.CORE_DISPLAY_NAMES, **pack.NODE_DISPLAY_NAME_MAPPINGS}
+    titles = {**builder.CORE_DISPLAY_NAMES, **harness.registered_nodes(pack)[1]}
     for node in wf["nodes"]:
         if node["type"] in VIRTUAL:
             continue
@@ -332,7 +359,10 @@ def run_env(pack):
         shutil.copyfile(image, Path(folder_paths.get_input_directory()) / image.name)
     model_zoo = harness.core(pack, "model_zoo")
     folder = Path(folder_paths.models_dir) / "face_restore_onestep"
-    tiny = [harness.write_tiny_restorer(pack, folder / f"wf_tiny_{s}.safetensors", seed=s) for s in (0, 1)]
+    # other weights for each node API's run: the reference cache on disk is shared, and tests
+    # check that a restorer never seen before misses it
+    api, seeds = ("classic", (2, 3)) if pack.__name__.endswith("_x_classic") else ("v3", (0, 1))
+    tiny = [harness.write_tiny_restorer(pack, folder / f"wf_tiny_{api}_{s}.safetensors", seed=s) for s in seeds]
     sim = sys.modules[f"{pack.__name__}.nodes.similarity"]
     saved = sim.DEFAULT_EMBEDDER_PATH
     if not saved.is_file():

@@ -27,18 +27,42 @@ class Resources:
     pipeline: "FaceRestorePipeline"
 
 
-def _identity_or_note(report: "RunReport", needed: bool, device: Any) -> Any:
-    """The identity embedder when its weights exist; otherwise None and a note in the report."""
+def _identity_network(choice: Optional[str], device: Any) -> Any:
+    """The identity network: the shipped embedder (choice None or "shipped"), or ArcFace from an
+    insightface .onnx (choice: the file, or an insightface models folder holding one)."""
+    from pathlib import Path
+
+    from ..errors import ModelNotFoundError
+    from ..face_id.arcface_onnx import KNOWN_FILES, ArcFaceOnnx, find_arcface
+    from ..faces.identity import load_identity_embedder
+
+    if choice is None or choice.strip().lower() == "shipped":
+        return load_identity_embedder(device=device)
+    path = Path(choice).expanduser()
+    if path.is_dir():
+        found = find_arcface([path])
+        if found is None:
+            raise ModelNotFoundError(f"--identity {choice}: no ArcFace model in that folder (looked for "
+                                     f"{', '.join(KNOWN_FILES[:2])})")
+        path = found
+    return ArcFaceOnnx(path)
+
+
+def _identity_or_note(report: "RunReport", needed: bool, device: Any, choice: Optional[str] = None) -> Any:
+    """The identity network when it can run; otherwise None and a note in the report (an
+    --identity the user gave that cannot run is an error)."""
     from ..errors import CheckpointError
 
     try:
-        from ..faces.identity import load_identity_embedder
-
-        model = load_identity_embedder(device=device)
-        report.identity = {"available": True}
+        model = _identity_network(choice, device)
+        report.identity = {"available": True, "network": getattr(model, "name", "identity_embedder")}
+        if getattr(model, "path", None) is not None:
+            report.identity["path"] = str(model.path)
         return model
     except (CheckpointError, ImportError, OSError) as exc:
         report.identity = {"available": False, "reason": str(exc)}
+        if choice is not None and choice.strip().lower() != "shipped":
+            raise UsageError(f"--identity: {exc}") from exc
         if needed:
             raise UsageError(f"--faces similar needs the identity embedder: {exc}") from exc
         report.note("identity similarity not computed: identity embedder unavailable")
@@ -87,7 +111,7 @@ def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -
             report.note(f"{problem}: reference keys/values are recomputed each run (--cache-dir to choose one)")
     identity = None
     if bank is not None:  # similarity is measured against the bank's person
-        identity = _identity_or_note(report, plan.selection.mode == "similar", device)
+        identity = _identity_or_note(report, plan.selection.mode == "similar", device, args.identity)
     compile_cache = False if str(args.compile_cache).lower() == "none" else args.compile_cache
     pipeline = FaceRestorePipeline(restorer, identity=identity, speed=args.speed, compile_cache=compile_cache)
     persist = getattr(getattr(pipeline.runner, "fast", None), "persist", None)

@@ -152,6 +152,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="conditioning: auto uses references when given and the model was trained with "
                    "them, and the visual prompt when the model has one")
     r.add_argument("--faces", default="all", help="all | largest:N | index:0,2 | min-size:PX | similar[:T]")
+    r.add_argument("--identity", default=None, metavar="ONNX|DIR",
+                   help="identity network for --faces similar and the report's similarities: the shipped "
+                        "embedder (default, offline), or ArcFace from insightface: a w600k_r50.onnx / "
+                        "glintr100.onnx, or an insightface models folder holding one (e.g. "
+                        "ComfyUI/models/insightface; needs onnxruntime)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     r.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
     r.add_argument("--batch-size", type=int, default=8, help="faces per network pass (default 8)")

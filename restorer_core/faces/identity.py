@@ -160,7 +160,10 @@ def cosine_similarity(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor,
 @torch.no_grad()
 def embed_faces(model: nn.Module, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Embeddings [N, D] float32 of aligned crops [N, S, S, 3] (uint8, or float in 0..1), by any
-    embedder taking [B, 3, S, S] crops in 0..1 (IdentityEmbedder, face_id.FaceIdEmbedder)."""
+    embedder taking [B, 3, S, S] crops in 0..1 (IdentityEmbedder, face_id.FaceIdEmbedder), or one
+    that embeds such crops itself (embed_hwc: face_id.arcface_onnx.ArcFaceOnnx)."""
+    if hasattr(model, "embed_hwc"):
+        return model.embed_hwc(np.asarray(crops), batch_size)
     p = next(model.parameters())
     out = []
     for i in range(0, len(crops), batch_size):
@@ -243,12 +246,15 @@ SAME_PERSON_FALLBACK = 0.24
 class IdentityScorer:
     """How much faces look like a reference bank's person: cosine similarity of each aligned
     crop to the bank's mean identity, which is computed once per bank (by its hash), and the
-    embedder's same-person threshold."""
+    embedder's same-person threshold. The embedder is the shipped IdentityEmbedder or an
+    ArcFace network (face_id.arcface_onnx), which carries its own name and threshold."""
 
     def __init__(self, embedder: IdentityEmbedder, threshold: Optional[float] = None,
-                 name: str = "identity_embedder"):
+                 name: Optional[str] = None):
         self.embedder = embedder
-        self.name = name
+        self.name = name or getattr(embedder, "name", None) or "identity_embedder"
+        if threshold is None:
+            threshold = getattr(embedder, "same_person_threshold", None)
         if threshold is None:
             try:
                 threshold = float((getattr(embedder, "metadata", {}) or {}).get("threshold", ""))

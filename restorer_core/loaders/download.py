@@ -8,7 +8,9 @@ folder to put them in, and where they come from.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from inspect import signature
 from pathlib import Path
 from typing import Optional
 
@@ -88,6 +90,48 @@ def missing_message(spec: WeightSpec, folder: Path, reason: str = "") -> str:
     return " ".join(lines)
 
 
+def download_failure(spec: WeightSpec, filename: str, exc: Exception) -> str:
+    """Why a download of one file failed, in words (huggingface_hub's error classes by name)."""
+    kind = type(exc).__name__
+    if "EntryNotFound" in kind:
+        return (f"download failed: the Hub repository {spec.repo_id} has no file {filename} (renamed or removed "
+                "there; get the files by hand from the page below)")
+    if "RepositoryNotFound" in kind or "GatedRepo" in kind:
+        return f"download failed: the Hub repository {spec.repo_id} is not reachable (renamed, removed, private or gated)"
+    return f"download of {filename} from {spec.repo_id} failed ({kind}: {exc}); run it again"
+
+
+def progress_bar_class(label: str):
+    """A tqdm class for hf_hub_download that always shows, labelled with the file (huggingface_hub's
+    own hides itself when stderr is not a terminal, as in ComfyUI's log window, and names the
+    temporary file): bytes, speed, time left, at most every second."""
+    from tqdm.auto import tqdm
+
+    class DownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = False
+            kwargs["desc"] = label
+            kwargs.setdefault("mininterval", 1.0)
+            super().__init__(*args, **kwargs)
+
+    return DownloadBar
+
+
+# huggingface_hub >= 1 downloads each attempt into a fresh <file>.<etag>.<8 hex>.incomplete and never
+# reuses one (older versions resume <file>.<etag>.incomplete, which is kept); a killed download
+# leaves such a file behind.
+_STALE_PARTIAL = re.compile(r"\.[0-9a-f]{40,64}\.[0-9a-f]{8}\.incomplete$")
+
+
+def remove_stale_partials(target: Path) -> list:
+    """Delete partial files of killed downloads that no later download will reuse; returns them."""
+    folder = target / ".cache" / "huggingface" / "download"
+    stale = [p for p in folder.rglob("*.incomplete") if _STALE_PARTIAL.search(p.name)] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -119,14 +163,17 @@ def resolve_weights(name: str, folder: Path, allow_download: bool = False) -> Pa
             spec, folder, "download needs the huggingface_hub package (pip install huggingface_hub)")) from None
     target = folder / spec.name
     target.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target)
     for f in spec.files:
         if (target / f).is_file():
             continue
         try:
-            hf_hub_download(repo_id=spec.repo_id, filename=f, local_dir=str(target))
-        except Exception as exc:  # network, auth, missing file: all end the same way for the user
-            raise ModelNotFoundError(missing_message(
-                spec, folder, f"download of {f} from {spec.repo_id} failed ({type(exc).__name__}: {exc})")) from exc
+            # writes target/.cache/huggingface/download/<f>.<etag>[.<id>].incomplete and moves it to
+            # target/<f> only when complete; a dropped connection is resumed within the call (Range)
+            extra = {"tqdm_class": progress_bar_class(f"{spec.name}: {f}")} if "tqdm_class" in signature(hf_hub_download).parameters else {}
+            hf_hub_download(repo_id=spec.repo_id, filename=f, local_dir=str(target), **extra)
+        except Exception as exc:  # network, auth, missing file: all end with what to do
+            raise ModelNotFoundError(missing_message(spec, folder, download_failure(spec, f, exc))) from exc
     found = _found(spec, folder)
     if found is None:
         raise ModelNotFoundError(missing_message(spec, folder, "the download did not produce every file"))

@@ -7,8 +7,10 @@ names); execution of every OUTPUT_NODE's dependencies first; one node instance p
 outputs stored as lists with the map-over-lists rule (the longest input list sets the number
 of calls, shorter lists repeat their last item; OUTPUT_IS_LIST outputs are concatenated);
 hidden PROMPT / EXTRA_PNGINFO / UNIQUE_ID inputs; the interrupt check before each node; the
-output cache across runs keyed by inputs, upstream keys and IS_CHANGED.
-Left out: lazy inputs, subgraph expansion, async nodes, partial execution.
+output cache across runs keyed by inputs, upstream keys and IS_CHANGED (for V3 nodes
+(comfy_api io.ComfyNode) their fingerprint_inputs when they override it); V3 combos
+("COMBO", {"options": [...]}) checked against their options; V3 results (io.NodeOutput) unwrapped.
+Left out: lazy inputs, subgraph expansion, async nodes, partial execution, V3 class clones.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import inspect
 from typing import Any
 
 import comfy.model_management
+from comfy_api.internal import _ComfyNodeInternal, _NodeOutputInternal, first_real_override
 
 
 class PromptError(Exception):
@@ -102,8 +105,10 @@ def validate(prompt: dict, mappings: dict) -> list:
                     errors.append((node_id, "value_smaller_than_min", f"{name}: {value} < {opts['min']}"))
                 elif "max" in opts and value > opts["max"]:
                     errors.append((node_id, "value_bigger_than_max", f"{name}: {value} > {opts['max']}"))
-                elif isinstance(kind, list) and value not in kind:
-                    errors.append((node_id, "value_not_in_list", f"{name}: {value!r} not in {kind[:20]}"))
+                elif isinstance(kind, list) or kind == "COMBO":
+                    choices = opts.get("options", []) if kind == "COMBO" else kind
+                    if value not in choices:
+                        errors.append((node_id, "value_not_in_list", f"{name}: {value!r} not in {choices[:20]}"))
         if vfunc is not None:
             args = {k: inputs[k] for k in vnames if k in inputs and not _is_link(inputs[k])}
             result = vfunc(**args)
@@ -133,9 +138,13 @@ class Executor:
         for name, value in sorted(node["inputs"].items()):
             parts.append((name, ("link", self._key(prompt, value[0], memo), value[1]) if _is_link(value) else repr(value)))
         changed = None
-        if hasattr(cls, "IS_CHANGED"):
+        if issubclass(cls, _ComfyNodeInternal) and first_real_override(cls, "fingerprint_inputs") is not None:
+            check = cls.fingerprint_inputs
+        else:
+            check = getattr(cls, "IS_CHANGED", None)
+        if check is not None:
             constants = {k: v for k, v in node["inputs"].items() if not _is_link(v)}
-            changed = repr(cls.IS_CHANGED(**constants))
+            changed = repr(check(**constants))
         memo[node_id] = (node["class_type"], tuple(parts), changed)
         return memo[node_id]
 
@@ -191,6 +200,10 @@ class Executor:
     def _merge(self, cls: type, calls: list, node_id: str) -> list:
         tuples = []
         for result in calls:
+            if isinstance(result, _NodeOutputInternal):
+                if result.ui is not None:
+                    self.ui.setdefault(node_id, []).append(result.ui)
+                result = result.result or ()
             if isinstance(result, dict):
                 if "ui" in result:
                     self.ui.setdefault(node_id, []).append(result["ui"])

@@ -7,7 +7,9 @@ so the pack's modules only work through relative imports; loading it the same wa
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -15,21 +17,62 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_RES = 32
 
 
-def load_pack(root: Path = REPO_ROOT):
-    """Import the node pack the way ComfyUI's load_custom_node does (once per process)."""
+def load_pack(root: Path = REPO_ROOT, comfy_api: bool = True):
+    """Import the node pack the way ComfyUI's load_custom_node does (once per process per API).
+
+    comfy_api=True: a ComfyUI with the V3 node API (this stand-in's comfy_api package);
+    False: an older ComfyUI without comfy_api (imported under a second module name, with
+    comfy_api hidden while the pack loads).
+    """
     module_path = str(root)
-    name = module_path.replace(".", "_x_")
+    name = module_path.replace(".", "_x_") + ("" if comfy_api else "_x_classic")
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, str(root / "__init__.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    hidden = {} if comfy_api else {k: sys.modules.pop(k) for k in list(sys.modules)
+                                   if k == "comfy_api" or k.startswith("comfy_api.")}
+    if not comfy_api:
+        sys.modules["comfy_api"] = None  # import comfy_api raises ModuleNotFoundError, as when it is absent
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        if not comfy_api:
+            del sys.modules["comfy_api"]
+            sys.modules.update(hidden)
     return module
+
+
+def registered_nodes(pack) -> tuple[dict, dict]:
+    """(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS) that ComfyUI's load_custom_node takes from
+    the pack: its NODE_CLASS_MAPPINGS when defined and not None, else the nodes of the extension its
+    comfy_entrypoint returns (awaited; on_load, then get_node_list; each class's GET_SCHEMA gives its
+    id and display name). Raises AssertionError where ComfyUI would skip the pack."""
+    if getattr(pack, "NODE_CLASS_MAPPINGS", None) is not None:
+        return dict(pack.NODE_CLASS_MAPPINGS), dict(getattr(pack, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
+    assert hasattr(pack, "comfy_entrypoint"), "ComfyUI skips a pack with neither NODE_CLASS_MAPPINGS nor comfy_entrypoint"
+    from comfy_api.latest import ComfyExtension
+
+    async def load():
+        entry = pack.comfy_entrypoint
+        extension = await entry() if inspect.iscoroutinefunction(entry) else entry()
+        assert isinstance(extension, ComfyExtension), "comfy_entrypoint did not return a ComfyExtension"
+        await extension.on_load()
+        node_list = await extension.get_node_list()
+        assert isinstance(node_list, list), "get_node_list did not return a list"
+        return node_list
+
+    classes, names = {}, {}
+    for cls in asyncio.run(load()):
+        schema = cls.GET_SCHEMA()
+        classes[schema.node_id] = cls
+        if schema.display_name is not None:
+            names[schema.node_id] = schema.display_name
+    return classes, names
 
 
 def core(pack, dotted: str):
