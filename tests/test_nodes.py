@@ -656,7 +656,7 @@ def test_nodes_score_identity_with_arcface_when_insightface_has_it(pack, N, hand
     (its scores, its 0.28 threshold, its name in the reports); ONESTEP_IDENTITY=shipped goes back
     to the shipped embedder."""
     arcface = harness.core(pack, "face_id.arcface_onnx").ArcFaceOnnx(insightface_arcface)
-    identity = harness.core(pack, "identity")
+    identity = harness.core(pack, "faces.identity")
     faces = detect(N, blake)[0]
     scores, report = N["OneStepFaceSimilarity"].score(faces, bank)
     expected = identity.IdentityScorer(arcface).similarity([f.crop for f in faces.faces], bank)
