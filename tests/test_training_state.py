@@ -151,3 +151,33 @@ def test_cli_round_trip_refuses_to_overwrite(run, tmp_path, capsys):
     before = dest.read_bytes()
     assert main(["import", "--state", str(tmp_path / "s"), "--checkpoint", str(dest)]) == 2
     assert "exists" in capsys.readouterr().err and dest.read_bytes() == before
+
+
+def test_a_real_runs_state_becomes_the_restorer_the_run_exported(tmp_path, capsys):
+    """`restorer` rebuilds the EMA restorer from the state files alone (its config travels in them)."""
+    from restorer_core.loaders.project_format import load_restorer
+    from restorer_core.train.prepare import write_cache
+    from restorer_core.train.train_restorer import TrainConfig, train
+    from test_train_data import _synthetic
+
+    cache = tmp_path / "faces.npz"
+    write_cache(cache, _synthetic()[0])
+    cfg = TrainConfig(data=str(cache), out=str(tmp_path / "run"), minutes=0.0, batch_size=2,
+                      num_workers=0, resolution=64, val_samples=2, log_every=1, warmup_steps=1,
+                      total_steps=10)
+    train(cfg)
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"),
+                 "--out", str(tmp_path / "s")]) == 0
+    dest = tmp_path / "candidate.safetensors"
+    assert main(["restorer", "--state", str(tmp_path / "s"), "--out", str(dest)]) == 0
+    got = load_restorer(dest)
+    exported = load_restorer(tmp_path / "run" / "restorer.safetensors")
+    assert got.config == exported.config and got.source.info["training_state"]["step"] == 1
+    ema = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["ema"]
+    for k, v in got.state_dict().items():
+        want = ema[k].float()
+        # float16 file of an 8-bit delta to the float16 weights: within a few codes of the EMA
+        assert float((v - want).abs().max()) <= 2e-3 * float(want.abs().max()) + 1e-4, k
+    before = dest.read_bytes()
+    assert main(["restorer", "--state", str(tmp_path / "s"), "--out", str(dest)]) == 2
+    assert "never overwritten" in capsys.readouterr().err and dest.read_bytes() == before

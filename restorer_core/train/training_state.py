@@ -3,6 +3,7 @@
     python -m restorer_core.train.training_state export --checkpoint RUN/checkpoint.pt --out STATE \
         [--max-file-mib 15]
     python -m restorer_core.train.training_state import --state STATE --checkpoint RUN/checkpoint.pt
+    python -m restorer_core.train.training_state restorer --state STATE --out candidate.safetensors
 
 A GPU machine returns at most 8 files of 16 MiB and takes 64 MiB with the working tree, and nothing
 on it outlasts a session. `export` turns train_restorer's checkpoint.pt (restorer, EMA, AdamW,
@@ -10,7 +11,9 @@ discriminator and its AdamW, global step: the cosine schedule follows it) into s
 larger than --max-file-mib plus manifest.json (sha256 of every file). Weights travel as float16,
 the EMA as an 8-bit delta to them, first moments as 8-bit blockwise codes and second moments as
 8-bit log codes (`quant.py`). `import` checks every hash and writes a checkpoint.pt that
-train_restorer resumes from. No pickle is read: safetensors and JSON only.
+train_restorer resumes from. `restorer` writes a state's EMA weights as a project-format restorer
+file (what the benchmarks and the pack load), so a session's candidate is judged from its state.
+No pickle is read: safetensors and JSON only.
 """
 
 from __future__ import annotations
@@ -185,6 +188,23 @@ def import_state(state_dir: Path) -> dict:
     return decode_checkpoint(tensors, manifest)
 
 
+def state_restorer(ckpt: dict):
+    """The EMA restorer of a decoded state, built as train_restorer builds it (its stored config)."""
+    from .train_restorer import LossWeights, TrainConfig, build_model
+
+    raw = json.loads(ckpt["config"]) if isinstance(ckpt.get("config"), str) else dict(ckpt.get("config") or {})
+    weights = LossWeights(**raw.pop("weights", {}))
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known}, weights=weights)
+    cfg.init = None  # the state holds every weight
+    model = build_model(cfg, "cpu")
+    missing, unexpected = model.load_state_dict(ckpt["ema"], strict=False)
+    if missing or unexpected:
+        raise StateError(f"the state's EMA does not fit the restorer its config builds "
+                         f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return model.eval()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -197,6 +217,9 @@ def main(argv=None) -> int:
     i.add_argument("--state", required=True)
     i.add_argument("--checkpoint", required=True)
     i.add_argument("--overwrite", action="store_true")
+    r = sub.add_parser("restorer", help="state files -> the EMA restorer as a project-format file")
+    r.add_argument("--state", required=True)
+    r.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
         if a.command == "export":
@@ -204,6 +227,17 @@ def main(argv=None) -> int:
             m = export_state(ckpt, Path(a.out), int(a.max_file_mib * (1 << 20)), a.overwrite)
             total = sum(f["bytes"] for f in m["files"])
             print(f"step {m['step']}: {len(m['files'])} files, {total / 2**20:.1f} MiB in {a.out}")
+        elif a.command == "restorer":
+            from ..loaders.project_format import save_restorer
+
+            dest = Path(a.out)
+            if dest.exists():
+                raise StateError(f"{dest} exists; choose another name (it is never overwritten)")
+            ckpt = import_state(Path(a.state))
+            model = state_restorer(ckpt)
+            save_restorer(dest, model, info={"training_state": {"step": ckpt["step"],
+                                                                "elapsed_s": ckpt.get("elapsed", 0.0)}})
+            print(f"step {ckpt['step']}: wrote the EMA restorer to {dest}")
         else:
             dest = Path(a.checkpoint)
             if dest.exists() and not a.overwrite:
