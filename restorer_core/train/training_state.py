@@ -2,7 +2,8 @@
 
     python -m restorer_core.train.training_state export --checkpoint RUN/checkpoint.pt --out STATE \
         [--max-file-mib 15]
-    python -m restorer_core.train.training_state import --state STATE --checkpoint RUN/checkpoint.pt
+    python -m restorer_core.train.training_state import --state STATE --checkpoint RUN/checkpoint.pt \
+        [--allow-partial]
     python -m restorer_core.train.training_state restorer --state STATE --out candidate.safetensors
 
 A GPU machine returns at most 8 files of 16 MiB and takes 64 MiB with the working tree, and nothing
@@ -13,7 +14,11 @@ the EMA as an 8-bit delta to them, first moments as 8-bit blockwise codes and se
 8-bit log codes (`quant.py`). `import` checks every hash and writes a checkpoint.pt that
 train_restorer resumes from. `restorer` writes a state's EMA weights as a project-format restorer
 file (what the benchmarks and the pack load), so a session's candidate is judged from its state.
-No pickle is read: safetensors and JSON only.
+Files come in tiers (`TIERS`: weights, restorer second moments, restorer first moments,
+discriminator moments) and never mix them, so a machine that can return only some files returns
+the weights first. `import --allow-partial` resumes from whatever tiers came back: missing moments
+start fresh (AdamW rebuilds them within about 1/(1-beta) steps) and are reported; missing weights
+are refused. No pickle is read: safetensors and JSON only.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import argparse
 import hashlib
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,6 +41,20 @@ FORMAT = "onestep-face-restore/training-state-1"
 MANIFEST = "manifest.json"
 WEIGHT_SECTIONS = ("model", "disc")
 OPTIMISER_SECTIONS = {"opt": "model", "d_opt": "disc"}
+# What a state's files hold, in the order they are written and should be brought back: weights
+# first (they are the run), then the restorer's second moments, then what AdamW rebuilds within a
+# few dozen steps (first moments with beta1 0.9, the discriminator's moments with betas 0.5/0.99).
+TIERS = ("weights", "restorer second moments", "restorer first moments", "discriminator moments")
+
+
+def entry_tier(name: str) -> int:
+    """The TIERS index of a state entry (its name as in the manifest)."""
+    section = name.split("/", 1)[0]
+    if section not in OPTIMISER_SECTIONS:
+        return 0
+    if section == "d_opt":
+        return 3
+    return 2 if name.endswith("/exp_avg") else 1
 
 
 class StateError(ValueError):
@@ -126,25 +146,28 @@ def decode_checkpoint(tensors: Dict[str, torch.Tensor], info: dict) -> dict:
     return out
 
 
-def _pack(tensors: Dict[str, torch.Tensor], max_bytes: int) -> Iterable[Dict[str, torch.Tensor]]:
-    """Tensors grouped into files of at most max_bytes (a tensor's parts stay together)."""
+def _pack(tensors: Dict[str, torch.Tensor], max_bytes: int) -> Iterable[Tuple[int, Dict[str, torch.Tensor]]]:
+    """(tier, tensors) grouped into files of at most max_bytes, in TIERS order; a file holds one
+    tier and a tensor's parts stay together."""
     by_entry: Dict[str, Dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         by_entry.setdefault(name.split(":")[0], {})[name] = t
     group: Dict[str, torch.Tensor] = {}
-    size = 0
-    for parts in by_entry.values():
+    size, tier = 0, 0
+    for entry in sorted(by_entry, key=entry_tier):  # stable: keeps each tier's own order
+        parts = by_entry[entry]
         n = sum(t.numel() * t.element_size() for t in parts.values()) + 1024
         if n > max_bytes:
             raise StateError(f"one tensor needs {n} bytes, more than a state file may hold ({max_bytes}); "
                              "raise --max-file-mib")
-        if group and size + n > max_bytes:
-            yield group
+        if group and (size + n > max_bytes or entry_tier(entry) != tier):
+            yield tier, group
             group, size = {}, 0
+        tier = entry_tier(entry)
         group.update(parts)
         size += n
     if group:
-        yield group
+        yield tier, group
 
 
 def export_state(ckpt: dict, out_dir: Path, max_file_bytes: int = 15 << 20, overwrite: bool = False) -> dict:
@@ -155,20 +178,64 @@ def export_state(ckpt: dict, out_dir: Path, max_file_bytes: int = 15 << 20, over
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors, info = encode_checkpoint(ckpt)
     files = []
-    for i, group in enumerate(_pack(tensors, max_file_bytes - 64 * 1024)):
+    for i, (tier, group) in enumerate(_pack(tensors, max_file_bytes - 64 * 1024)):
         path = out_dir / f"state-{i:02d}.safetensors"
         with atomic_path(path) as tmp:
             save_file(group, tmp, metadata={"format": FORMAT})
         files.append({"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path),
-                      "tensors": sorted(group)})
+                      "tier": tier, "tensors": sorted(group)})
     manifest = {"format": FORMAT, **info, "files": files}
     with atomic_path(out_dir / MANIFEST) as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def import_state(state_dir: Path) -> dict:
-    """The checkpoint dict of a state folder, after checking the format and every file's sha256."""
+@dataclass
+class PartialReport:
+    """What an import of a state with missing files had to start afresh."""
+
+    missing_files: List[str] = field(default_factory=list)
+    zeroed_first_moments: Dict[str, int] = field(default_factory=dict)  # section -> parameters
+    fresh_parameters: Dict[str, int] = field(default_factory=dict)  # section -> parameters
+
+    def lines(self) -> List[str]:
+        out = [f"missing: {', '.join(self.missing_files)}"] if self.missing_files else []
+        for section, n in self.zeroed_first_moments.items():
+            out.append(f"{section}: first moments of {n} parameters start at 0 (second moments and steps kept)")
+        for section, n in self.fresh_parameters.items():
+            out.append(f"{section}: {n} parameters start with fresh AdamW moments")
+        return out
+
+
+def _fill_optimiser(section: str, opt: dict, info: dict, report: PartialReport) -> dict:
+    """An optimiser state dict whose every parameter state AdamW can load: a missing first moment
+    becomes 0 (its step and second moment kept: the update ramps in over ~1/(1-beta1) steps); a
+    parameter without its second moment or step starts afresh (no state: AdamW's bias correction)."""
+    expected = {int(name.split("/")[1]) for name in info["entries"] if name.startswith(section + "/")}
+    state, zeroed, fresh = {}, 0, 0
+    for idx in sorted(expected):
+        st = opt["state"].get(idx, {})
+        if "exp_avg_sq" in st and "step" in st:
+            if "exp_avg" not in st:
+                st = {**st, "exp_avg": torch.zeros_like(st["exp_avg_sq"])}
+                zeroed += 1
+            state[idx] = st
+        else:
+            fresh += 1
+    if zeroed:
+        report.zeroed_first_moments[section] = zeroed
+    if fresh:
+        report.fresh_parameters[section] = fresh
+    return {"state": state, "param_groups": opt["param_groups"]}
+
+
+def import_state(state_dir: Path, allow_partial: bool = False, report: Optional[PartialReport] = None) -> dict:
+    """The checkpoint dict of a state folder, after checking the format and every file's sha256.
+
+    allow_partial: files that did not come back are accepted as long as every weight (restorer,
+    EMA, discriminator) is there; the optimisers' missing moments start afresh (_fill_optimiser)
+    and `report` says what was missing.
+    """
     state_dir = Path(state_dir)
     mpath = state_dir / MANIFEST
     if not mpath.is_file():
@@ -177,15 +244,34 @@ def import_state(state_dir: Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise StateError(f"{mpath} is not a training state of this project (format {manifest.get('format')!r})")
     tensors: Dict[str, torch.Tensor] = {}
+    report = report if report is not None else PartialReport()
     for f in manifest["files"]:
         path = state_dir / f["name"]
         if not path.is_file():
-            raise StateError(f"{path} is missing: bring every file the manifest lists")
+            if allow_partial:
+                report.missing_files.append(f["name"])
+                continue
+            raise StateError(f"{path} is missing: bring every file the manifest lists "
+                             "(or pass --allow-partial to resume with fresh optimiser moments where they are missing)")
         if _sha256(path) != f["sha256"]:
             raise StateError(f"{path} does not match its sha256 in the manifest (a broken or mixed-up "
                              "transfer): copy it again")
         tensors.update(load_file(str(path)))
-    return decode_checkpoint(tensors, manifest)
+    if not report.missing_files:
+        return decode_checkpoint(tensors, manifest)
+    have = {name.split(":")[0] for name in tensors}
+    lost = [n for n in manifest["entries"] if entry_tier(n) == 0 and n not in have]
+    if lost:
+        raise StateError(f"{len(lost)} weight tensors (e.g. {lost[0]}) are in the missing files "
+                         f"{', '.join(report.missing_files)}: a run cannot resume without its weights; "
+                         "bring those files")
+    info = {**manifest, "entries": {n: e for n, e in manifest["entries"].items() if n in have}}
+    ckpt = decode_checkpoint(tensors, info)
+    for section in OPTIMISER_SECTIONS:
+        if section in manifest["param_groups"]:
+            opt = ckpt.get(section, {"state": {}, "param_groups": manifest["param_groups"][section]})
+            ckpt[section] = _fill_optimiser(section, opt, manifest, report)
+    return ckpt
 
 
 def state_restorer(ckpt: dict):
@@ -217,9 +303,13 @@ def main(argv=None) -> int:
     i.add_argument("--state", required=True)
     i.add_argument("--checkpoint", required=True)
     i.add_argument("--overwrite", action="store_true")
+    i.add_argument("--allow-partial", action="store_true",
+                   help="resume although files are missing, if every weight is there (fresh moments where not)")
     r = sub.add_parser("restorer", help="state files -> the EMA restorer as a project-format file")
     r.add_argument("--state", required=True)
     r.add_argument("--out", required=True)
+    r.add_argument("--allow-partial", action="store_true",
+                   help="build it although optimiser files are missing (it needs the weights only)")
     a = p.parse_args(argv)
     try:
         if a.command == "export":
@@ -227,13 +317,18 @@ def main(argv=None) -> int:
             m = export_state(ckpt, Path(a.out), int(a.max_file_mib * (1 << 20)), a.overwrite)
             total = sum(f["bytes"] for f in m["files"])
             print(f"step {m['step']}: {len(m['files'])} files, {total / 2**20:.1f} MiB in {a.out}")
+            for tier, name in enumerate(TIERS):
+                files = [f for f in m["files"] if f["tier"] == tier]
+                if files:
+                    mib = sum(f["bytes"] for f in files) / 2**20
+                    print(f"  {name}: {files[0]['name']}..{files[-1]['name']} ({mib:.1f} MiB)")
         elif a.command == "restorer":
             from ..loaders.project_format import save_restorer
 
             dest = Path(a.out)
             if dest.exists():
                 raise StateError(f"{dest} exists; choose another name (it is never overwritten)")
-            ckpt = import_state(Path(a.state))
+            ckpt = import_state(Path(a.state), a.allow_partial)
             model = state_restorer(ckpt)
             save_restorer(dest, model, info={"training_state": {"step": ckpt["step"],
                                                                 "elapsed_s": ckpt.get("elapsed", 0.0)}})
@@ -242,7 +337,10 @@ def main(argv=None) -> int:
             dest = Path(a.checkpoint)
             if dest.exists() and not a.overwrite:
                 raise StateError(f"{dest} exists; pass --overwrite to replace it")
-            ckpt = import_state(Path(a.state))
+            report = PartialReport()
+            ckpt = import_state(Path(a.state), a.allow_partial, report)
+            for line in report.lines():
+                print(f"partial state: {line}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dest) as tmp:
                 torch.save(ckpt, tmp)
