@@ -15,14 +15,15 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-from ..faces.align import landmarks_in_crop, source_roi, template_landmarks, warp_affine
-from .color import COLOR_FIX_MODES, apply_color_fix
+import torch
+
+from ..faces.align import template_landmarks
 from ..faces.records import AlignedFace
-from ..io.imageio import dtype_max
+from ..faces.warp_torch import gaussian_blur
+from ..options import COLOR_FIXES as COLOR_FIX_MODES
 from ..options import MASK_SHAPES as MASK_MODES
 
 ParserFn = Callable[[np.ndarray], np.ndarray]  # [S, S, 3] float 0..1 -> [S, S] float 0..1
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # Rec. 601, as in PIL's "L"
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,18 @@ def _face_ellipse(landmarks: np.ndarray) -> tuple[tuple[float, float], tuple[flo
     return (float(centre[0]), float(centre[1])), axes, angle
 
 
-def face_mask(
+def mask_shape(
     crop_size: int,
     config: PasteConfig = PasteConfig(),
     landmarks_in_crop: Optional[np.ndarray] = None,
     crop: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """Soft blend mask [S, S] float32 in 0..1, exactly 0 within `feather` px of the border.
+) -> tuple[np.ndarray, int]:
+    """(hard blend shape [S, S] float32 in 0..1, feather px): what face_mask softens.
 
-    landmarks_in_crop: the face's 5 points in crop coordinates (mode "landmarks"; the template
-    is used when missing). crop: the image given to config.parser, if one is set.
+    The shape is cleared within 2 * feather + 1 px of the border, so that the blur (which
+    spreads `feather` px) leaves the outer feather + 1 pixels exactly 0. landmarks_in_crop: the
+    face's 5 points in crop coordinates (mode "landmarks"; the template is used when missing).
+    crop: the image given to config.parser, if one is set.
     """
     s = int(crop_size)
     unit = s / 512.0
@@ -112,33 +115,35 @@ def face_mask(
                 (int(round(axes[0] * 2**shift)), int(round(axes[1] * 2**shift))),
                 angle, 0, 360, 1.0, -1, cv2.LINE_AA, shift,
             )
-    # Keep the soft edge inside the crop: the blur spreads `feather` px, so clear a frame of
-    # 2 * feather + 1 px first; the outer `feather` + 1 pixels then stay exactly 0.
     frame = 2 * feather + 1
     shape[:frame] = 0.0
     shape[-frame:] = 0.0
     shape[:, :frame] = 0.0
     shape[:, -frame:] = 0.0
+    return shape, feather
+
+
+def feather_mask(shape: torch.Tensor, feather: int) -> torch.Tensor:
+    """A hard shape [S, S] (tensor, any device) softened by a Gaussian of `feather` px
+    (kernel 2 * feather + 1, sigma feather / 2, zero border), clipped to 0..1."""
     if feather > 0:
-        k = 2 * feather + 1
-        shape = cv2.GaussianBlur(shape, (k, k), sigmaX=feather / 2.0, borderType=cv2.BORDER_CONSTANT)
-    return np.clip(shape, 0.0, 1.0).astype(np.float32)
+        shape = gaussian_blur(shape, 2 * feather + 1, feather / 2.0)
+    return shape.clamp(0.0, 1.0)
+
+
+def face_mask(
+    crop_size: int,
+    config: PasteConfig = PasteConfig(),
+    landmarks_in_crop: Optional[np.ndarray] = None,
+    crop: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Soft blend mask [S, S] float32 in 0..1, exactly 0 within `feather` px of the border
+    (mask_shape, then feather_mask; see both)."""
+    shape, feather = mask_shape(crop_size, config, landmarks_in_crop, crop)
+    return feather_mask(torch.from_numpy(shape), feather).numpy()
 
 
 # ----------------------------------------------------------------------------- paste
-
-
-def _prepare_restored(face: AlignedFace, config: PasteConfig) -> np.ndarray:
-    """Restored crop at the crop size, colour-fixed against the original crop, float32 RGB."""
-    restored = np.asarray(face.restored, dtype=np.float32)
-    if restored.ndim != 3 or restored.shape[2] != 3:
-        raise ValueError(f"restored face must be [S, S, 3] float, got shape {restored.shape}")
-    s = face.crop_size
-    if restored.shape[:2] != (s, s):
-        interp = cv2.INTER_AREA if restored.shape[0] > s else cv2.INTER_CUBIC
-        restored = cv2.resize(restored, (s, s), interpolation=interp)
-    restored = np.clip(restored, 0.0, 1.0)
-    return apply_color_fix(restored, face.crop.astype(np.float32), config.color_fix).astype(np.float32)
 
 
 def paste_faces(
@@ -148,65 +153,28 @@ def paste_faces(
     inplace: bool = False,
     return_mask: bool = True,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Blend each face's `.restored` into the image.
+    """Blend each face's `.restored` into the image, on the CPU (restorer_core.restore.composite
+    does the work; the pipeline runs the same code on the restorer's device).
 
-    original_pixels: uint8/uint16/float32, HxW, HxWx1, HxWx3 or HxWx4 (alpha kept as is).
+    original_pixels: uint8/uint16/float, HxW, HxWx1, HxWx3 or HxWx4 (alpha kept as is).
     Faces without `.restored`, and faces restored with strength 0 (info["strength"]: left exactly
     as they are, not even resampled), are skipped. Returns (pixels like the input, mask HxW float32:
     the combined blend weight 1 - prod(1 - w_i), or None when return_mask is False).
     inplace=True writes into original_pixels instead of a copy; with return_mask=False
     nothing image-sized is allocated at all (for very large photos).
     """
+    from .composite import check_layout, paste_into
+
     image = np.asarray(original_pixels)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"expected HxW or HxWx(1|3|4) pixels, got shape {image.shape}")
+    check_layout(image.shape)
     if inplace and not image.flags.writeable:
         raise ValueError("inplace paste needs a writeable array; pass inplace=False")
-    peak = dtype_max(image.dtype)
-    is_float = image.dtype.kind == "f"
-    h, w = image.shape[:2]
     out = image if inplace else image.copy()
-    total = np.zeros((h, w), dtype=np.float32) if return_mask else None
-    for face in faces:
-        if face.restored is None or face.info.get("strength") == 0.0:
-            continue
-        restored = _prepare_restored(face, config)
-        s = face.crop_size
-        weights = face_mask(s, config, landmarks_in_crop(face), crop=restored) * np.float32(config.strength)
-        x0, y0, x1, y1 = source_roi(face.matrix, (s, s), (h, w))
-        if x1 <= x0 or y1 <= y0:
-            continue
-        # crop -> ROI matrix: crop -> image, then shift by the ROI origin
-        to_roi = face.inverse.copy()
-        to_roi[:, 2] -= (x0, y0)
-        size = (x1 - x0, y1 - y0)
-        alpha = warp_affine(weights, to_roi, size, border="constant")
-        if not np.any(alpha > 0):
-            continue
-        face_px = warp_affine(restored, to_roi, size, border="replicate")
-        region = out[y0:y1, x0:x1]
-        region_f = region.astype(np.float32) / np.float32(peak)
-        a = alpha[..., None]
-        if image.ndim == 2:
-            blended = region_f * (1.0 - alpha) + (face_px @ _LUMA) * alpha
-        elif image.shape[2] == 1:
-            blended = region_f * (1.0 - a) + (face_px @ _LUMA)[..., None] * a
-        else:
-            blended = region_f.copy()
-            blended[..., :3] = region_f[..., :3] * (1.0 - a) + face_px * a
-        if is_float:
-            new = blended.astype(image.dtype)
-        else:
-            new = np.clip(np.rint(blended * np.float32(peak)), 0, peak).astype(image.dtype)
-        touched = alpha > 0
-        if image.ndim == 3:
-            touched3 = np.broadcast_to(touched[..., None], region.shape).copy()
-            if image.shape[2] == 4:
-                touched3[..., 3] = False  # alpha channel untouched
-            np.copyto(region, new, where=touched3)
-        else:
-            np.copyto(region, new, where=touched)
-        if total is not None:
-            t = total[y0:y1, x0:x1]
-            t[...] = 1.0 - (1.0 - t) * (1.0 - alpha)
-    return out, total
+    try:
+        target, shared = torch.from_numpy(out), True
+    except ValueError:  # strides torch cannot share: work on a copy, write it back
+        target, shared = torch.from_numpy(np.ascontiguousarray(out)), False
+    total = paste_into(target, faces, config, return_mask)
+    if not shared:
+        np.copyto(out, target.numpy())
+    return out, (total.numpy() if total is not None else None)
