@@ -10,7 +10,7 @@ smoothly. Pixels no mask touches are returned bit-identical; alpha is never chan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -152,9 +152,10 @@ def paste_faces(
     config: PasteConfig = PasteConfig(),
     inplace: bool = False,
     return_mask: bool = True,
+    device: Any = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Blend each face's `.restored` into the image, on the CPU (restorer_core.restore.composite
-    does the work; the pipeline runs the same code on the restorer's device).
+    """Blend each face's `.restored` into the image (restorer_core.restore.composite does the
+    work, on `device`: default the CPU; the pipeline passes the restorer's device).
 
     original_pixels: uint8/uint16/float, HxW, HxWx1, HxWx3 or HxWx4 (alpha kept as is).
     Faces without `.restored`, and faces restored with strength 0 (info["strength"]: left exactly
@@ -163,12 +164,18 @@ def paste_faces(
     inplace=True writes into original_pixels instead of a copy; with return_mask=False
     nothing image-sized is allocated at all (for very large photos).
     """
-    from .composite import check_layout, paste_into
+    from .composite import check_layout, device_image, host_image, paste_into
 
     image = np.asarray(original_pixels)
     check_layout(image.shape)
     if inplace and not image.flags.writeable:
         raise ValueError("inplace paste needs a writeable array; pass inplace=False")
+    if device is not None and torch.device(device).type != "cpu":
+        tensor, peak = device_image(image, device)
+        total = paste_into(tensor, faces, config, return_mask, peak=peak)
+        out = image if inplace else np.empty_like(image)
+        out[...] = host_image(tensor, image.dtype)
+        return out, (total.cpu().numpy() if total is not None else None)
     out = image if inplace else image.copy()
     try:
         target, shared = torch.from_numpy(out), True

@@ -21,6 +21,7 @@ from .conditioning import Capabilities, Conditioning, decide
 from .detail import AUTO, check_strength, face_strength, kept_reason
 from ..errors import CancelledError
 from ..options import SPEEDS
+from ..faces import warp_torch
 from ..faces.records import AlignedFace
 from ..faces.identity import IdentityScorer
 from .paste import PasteConfig, paste_faces
@@ -102,18 +103,23 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(cv2.resize(image, (size, size), interpolation=interp), 0.0, 1.0)
 
 
-def transfer_detail(restored: np.ndarray, crop: np.ndarray, resolution: int) -> np.ndarray:
-    """Add back the input crop's detail finer than the restorer's native resolution.
+def transfer_detail(restored: torch.Tensor, crop: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Add back the input crop's detail finer than the restorer's native resolution ([..., S, S]
+    tensors on any device).
 
     A restorer that works at `resolution` px cannot represent anything finer, so a face cut at a
     larger crop size would come back blurred. The band above the restorer's Nyquist is taken from
     the input (crop - up(down(crop))); for faces no larger than `resolution` that band is empty and
     nothing changes. An identity restorer thus gives back the input crop exactly.
     """
-    crop = np.asarray(crop, dtype=np.float32)
-    size = crop.shape[0]
-    fine = crop - resize_square(resize_square(crop, resolution), size)
-    return np.clip(restored + fine, 0.0, 1.0)
+    size = crop.shape[-1]
+    fine = crop - warp_torch.resize_square(warp_torch.resize_square(crop, resolution), size)
+    return (restored + fine).clamp_(0.0, 1.0)
+
+
+def crop_tensor(face: AlignedFace, device: Any) -> torch.Tensor:
+    """A face's aligned crop as [3, S, S] float32 on `device`."""
+    return torch.from_numpy(np.asarray(face.crop, dtype=np.float32)).to(device).permute(2, 0, 1)
 
 
 def speed_config(restorer: Any, speed: Any = "auto", device: Any = None) -> Any:
@@ -313,28 +319,22 @@ class FaceRestorePipeline:
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs = {}
             if work:
-                crops = [resize_square(chunk[k].crop, res) for k in work]
-                crops += crops[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
-                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, self.dtype)
-                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in crops]
+                crops = {k: crop_tensor(chunk[k], self.device) for k in work}
+                x = [warp_torch.resize_square(crops[k], res) for k in work]
+                x += x[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
+                x = torch.stack(x).to(self.dtype)
+                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in x]
                 with torch.inference_mode():
                     y = self.runner(x, refs, options.mode, generator=generators)[:len(work)]
-                y = y.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
-                outputs = dict(zip(work, y))
+                y = y.float().clamp(0.0, 1.0)
+                outputs = {k: self._finish(y[i], crops[k], decided[k][0], options) for i, k in enumerate(work)}
             share = (time.perf_counter() - t0) / len(chunk)
             for k, face in enumerate(chunk):
                 strength, estimate = decided[k]
                 kept = kept_reason(strength, estimate)
-                if kept:  # strength 0: the input face exactly, no restorer pass
-                    restored = face.crop.astype(np.float32)
-                else:
-                    restored = resize_square(outputs[k], face.crop_size)
-                    if options.detail_transfer and face.crop_size > res:
-                        restored = transfer_detail(restored, face.crop, res)
-                    if strength < 1.0:
-                        crop = face.crop.astype(np.float32)
-                        restored = crop + np.float32(strength) * (restored - crop)
-                new = face.with_restored(restored.astype(np.float32))
+                # strength 0: the input face exactly, no restorer pass
+                restored = face.crop.astype(np.float32) if kept else outputs[k]
+                new = face.with_restored(restored)
                 new.info["strength"] = strength
                 if kept:
                     new.info["kept"] = kept
@@ -346,6 +346,18 @@ class FaceRestorePipeline:
             if progress is not None:
                 progress(done, total)
         return out
+
+    def _finish(self, restored: torch.Tensor, crop: torch.Tensor, strength: float,
+                options: RestoreOptions) -> np.ndarray:
+        """A restorer output [3, R, R] back at the crop's size, with the input's finer detail
+        and the strength blend, on the restorer's device -> [S, S, 3] float32 array."""
+        size = crop.shape[-1]
+        restored = warp_torch.resize_square(restored, size)
+        if options.detail_transfer and size > self.resolution:
+            restored = transfer_detail(restored, crop, self.resolution)
+        if strength < 1.0:
+            restored = crop + float(strength) * (restored - crop)
+        return restored.permute(1, 2, 0).cpu().numpy()
 
     # ----------------------------------------------------------------------------- images
     def locate(self, pixels: np.ndarray, options: RestoreOptions, image_index: int = 0,
@@ -399,7 +411,7 @@ class FaceRestorePipeline:
             t0 = time.perf_counter()
             changed = [f for f in faces if not f.info.get("kept")]
             if changed:
-                out, mask = paste_faces(arr, changed, options.paste)
+                out, mask = paste_faces(arr, changed, options.paste, device=self.device)
                 record.status = RESTORED
             else:
                 out, mask = arr, np.zeros(arr.shape[:2], np.float32)
