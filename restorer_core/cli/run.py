@@ -2,7 +2,9 @@
 
 Each chunk goes through three named steps: load (resume check, read), restore (the chunk at
 once, or image by image when that fails, so one bad image does not sink the rest), save (write
-each result under a free name). One failing image is one failed report line; the run goes on.
+each result under a free name). Reading runs one chunk ahead and writing one chunk behind, each
+on its own thread, so decoding and encoding files overlap the restorer's work. One failing image
+is one failed report line; the run goes on.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -226,20 +229,11 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
     """
     run = _Run(inputs, pipeline, bank, options, settings, report or RunReport(), should_cancel)
     pending = [Path(p) for p in inputs]
+    chunks = [pending[i:i + settings.images_per_chunk] for i in range(0, len(pending), settings.images_per_chunk)]
     try:
-        with warnings_into(run.report):
-            while pending:
-                if should_cancel is not None and should_cancel():
-                    raise CancelledError("cancelled between images")
-                chunk, pending = pending[:settings.images_per_chunk], pending[settings.images_per_chunk:]
-                loaded = run.load(chunk)
-                if not loaded:
-                    continue
-                restored = run.restore(loaded)
-                if restored is None:
-                    continue
-                run.save(*restored)
-                run.faces_before = run.bar_faces.total or run.faces_before
+        with warnings_into(run.report), ThreadPoolExecutor(1, "read") as reader, \
+                ThreadPoolExecutor(1, "write") as writer:
+            _overlapped(run, chunks, reader, writer)
     except (CancelledError, KeyboardInterrupt):
         run.record_cancelled()
         run.finish("cancelled")
@@ -248,3 +242,34 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
         run.close()
     run.finish()
     return run.report
+
+
+def _overlapped(run: _Run, chunks: list, reader: ThreadPoolExecutor, writer: ThreadPoolExecutor) -> None:
+    """Chunk by chunk: the next chunk is read (decoded) and the previous one written (encoded) on
+    their own threads while this one is restored, so file work overlaps the restorer's. Leaving
+    (also on cancel) waits for the write under way: nothing half-written is left."""
+    should_cancel = run.should_cancel
+    next_load: Optional[Future] = reader.submit(run.load, chunks[0]) if chunks else None
+    saving: Optional[Future] = None
+    try:
+        for i in range(len(chunks)):
+            loaded = next_load.result()
+            next_load = None
+            if should_cancel is not None and should_cancel():
+                raise CancelledError("cancelled between images")
+            if i + 1 < len(chunks):
+                next_load = reader.submit(run.load, chunks[i + 1])
+            if not loaded:
+                continue
+            restored = run.restore(loaded)
+            if restored is None:
+                continue
+            if saving is not None:
+                saving.result()
+            saving = writer.submit(run.save, *restored)
+            run.faces_before = run.bar_faces.total or run.faces_before
+    finally:
+        if next_load is not None:
+            next_load.cancel()
+        if saving is not None:
+            saving.result()
