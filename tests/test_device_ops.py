@@ -1,6 +1,7 @@
 """The torch path (warps, resizes, feather, paste-back) equals the OpenCV path it replaced.
 
-Stated tolerances, on the CPU: float outputs within 1e-5 (warps, resizes, masks, pastes), 8- and
+Stated tolerances, on the CPU: float outputs within 1e-5 (warps, resizes, masks, pastes; 5e-5 for a
+restored crop after resizes, detail transfer and blend), 8- and
 16-bit pastes within one level (float rounding can flip a .5), mean far below; pixels no mask
 touches are bit-identical, alpha untouched.
 """
@@ -149,3 +150,35 @@ def test_faces_at_strength_zero_are_not_even_resampled(family, restored_faces):
     assert np.array_equal(out, only_others)
     x0, y0, x1, y1 = kept[1].box.astype(int)
     assert not mask[y0:y1, x0:x1].any()
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def test_restore_faces_post_processing_matches_the_numpy_steps(restored_faces, tmp_path):
+    """Resize to the restorer, back to the crop, detail transfer and strength blend, now on the
+    restorer's device, equal the numpy steps they replaced (cv2 resizes, numpy arithmetic)."""
+    from tiny_models import tiny_config
+
+    from restorer_core.models.restorer import OneStepRestorer
+    from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
+
+    torch.manual_seed(0)
+    pipeline = FaceRestorePipeline(OneStepRestorer(tiny_config()), speed="eager")
+    res = pipeline.resolution
+    options = RestoreOptions(mode="none", strength=0.6, cache_dir=str(tmp_path))
+    faces = [f.with_restored(None) for f in restored_faces]
+    out = pipeline.restore_faces(faces, options=options)
+    crops = [f.crop for f in sorted(faces, key=lambda f: f.face_index)]
+    x = torch.from_numpy(np.stack([resize_square(c, res) for c in crops])).permute(0, 3, 1, 2)
+    gens = [torch.Generator("cpu").manual_seed(0) for _ in crops]
+    with torch.inference_mode():
+        y = pipeline.restorer(x, None, "none", generator=gens).float().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert crops[0].shape[0] > res  # detail transfer has work to do
+    for face, crop, raw in zip(out, crops, y):
+        size = crop.shape[0]
+        up = resize_square(raw, size)
+        detailed = np.clip(up + crop - resize_square(resize_square(crop, res), size), 0.0, 1.0)
+        expected = crop + np.float32(0.6) * (detailed - crop)
+        assert face.info["strength"] == 0.6
+        assert np.abs(face.restored - expected).max() <= 5e-5  # float32 sums in another order
