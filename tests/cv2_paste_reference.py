@@ -10,7 +10,7 @@ import numpy as np
 from restorer_core.faces.align import landmarks_in_crop, source_roi, warp_affine
 from restorer_core.io.imageio import dtype_max
 from restorer_core.restore.color import apply_color_fix
-from restorer_core.restore.paste import PasteConfig, mask_shape
+from restorer_core.restore.paste_mask import PasteConfig, mask_shape
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -3,7 +3,7 @@
 Per face, everything happens inside the region of the image the face's crop covers: the
 restored crop is colour-corrected against the original crop, warped back with the inverse
 alignment (restorer_core.faces.warp_torch), and blended through a soft mask that is exactly 0
-near the crop border (restorer_core.restore.paste.mask_shape, feathered on the device). Faces
+near the crop border (restorer_core.restore.paste_mask, feathered on the device). Faces
 are composited one after another, each over the result of the previous ones, so overlaps blend
 smoothly. Pixels no mask touches are never written; alpha is never changed.
 
@@ -22,7 +22,7 @@ from ..faces.align import landmarks_in_crop, source_roi
 from ..faces.records import AlignedFace
 from ..faces.warp_torch import resize_square, warp_affine
 from .color import apply_color_fix
-from .paste import PasteConfig, feather_mask, mask_shape
+from .paste_mask import PasteConfig, feather_mask, mask_shape
 
 _LUMA = (0.299, 0.587, 0.114)  # Rec. 601, as in PIL's "L"
 _PEAKS = {torch.uint8: 255.0, torch.uint16: 65535.0}
