@@ -1,9 +1,9 @@
 """The torch path (warps, resizes, feather, paste-back) equals the OpenCV path it replaced.
 
-Stated tolerances, on the CPU: float outputs within 1e-5 (warps, resizes, masks, pastes; 5e-5 for a
-restored crop after resizes, detail transfer and blend), 8- and
-16-bit pastes within one level (float rounding can flip a .5), mean far below; pixels no mask
-touches are bit-identical, alpha untouched.
+Stated tolerances, on the CPU: float outputs within 1e-5 (warps, resizes, masks, pastes; 5e-5 for
+a restored crop after resizes, detail transfer and blend); 8- and 16-bit pastes within one level
+(float rounding can flip a .5), mean far below; 8-bit warps within one level of OpenCV's rounded
+ones. Pixels no mask touches are bit-identical, alpha untouched.
 """
 
 from __future__ import annotations

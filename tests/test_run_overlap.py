@@ -1,4 +1,4 @@
-"""The CLI loop reads the next chunk and writes the previous one while a chunk is restored."""
+"""The CLI loop reads (and locates faces in) the next chunk and writes the previous one while a\nchunk is restored."""
 
 from __future__ import annotations
 
@@ -11,23 +11,30 @@ from PIL import Image
 from restorer_core.cli.run import RunSettings, run_restore
 from restorer_core.io import imageio
 from restorer_core.io.report import RESTORED, ImageRecord
-from restorer_core.restore.pipeline import ImageResult, RestoreOptions
+from restorer_core.restore.pipeline import ImageResult, LocatedImages, RestoreOptions
 
 
 class SlowPipeline:
-    """Stands in for FaceRestorePipeline: every image 'restored' (inverted) in 0.3 s, logged."""
+    """Stands in for FaceRestorePipeline: faces 'located' in 0.1 s, every image 'restored'
+    (inverted) in 0.3 s, both logged with the thread they ran on."""
 
     last_cache_info = None
 
     def __init__(self, log):
         self.log = log
 
-    def restore_images(self, images, bank, options, progress, should_cancel, names):
-        self.log.append(("restore", names[0], "start", time.perf_counter()))
+    def locate_images(self, images, bank, options, names):
+        self.log.append(("locate", names[0], threading.current_thread().name, time.perf_counter()))
+        time.sleep(0.1)
+        return LocatedImages(list(images), [ImageRecord(input=n, status=RESTORED) for n in names], [])
+
+    def finish_images(self, located, bank, options, progress, should_cancel):
+        name = located.records[0].input
+        self.log.append(("restore", name, "start", time.perf_counter()))
         time.sleep(0.3)
-        self.log.append(("restore", names[0], "end", time.perf_counter()))
-        return [ImageResult(255 - im, np.zeros(im.shape[:2], np.float32), [],
-                            ImageRecord(input=n, status=RESTORED)) for im, n in zip(images, names)]
+        self.log.append(("restore", name, "end", time.perf_counter()))
+        return [ImageResult(255 - im, np.zeros(im.shape[:2], np.float32), [], rec)
+                for im, rec in zip(located.images, located.records)]
 
 
 def test_reading_and_writing_overlap_the_restore(tmp_path, monkeypatch):
@@ -64,3 +71,7 @@ def test_reading_and_writing_overlap_the_restore(tmp_path, monkeypatch):
     saved_first = min(t for kind, name, edge, t in log if kind == "save")
     assert saved_first < when[("restore", second, "end")]  # written while the next one restores
     assert all(name.startswith("read") for name in threads)
+    located = {name: (thread, t) for kind, name, thread, t in log if kind == "locate"}
+    assert sorted(located) == sorted(map(str, inputs))
+    assert all(thread.startswith("read") for thread, _ in located.values())  # faces found on the reader
+    assert located[second][1] < when[("restore", first, "end")]  # ... ahead of the restore

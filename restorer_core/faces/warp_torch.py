@@ -74,16 +74,19 @@ def resize_weights(n_in: int, n_out: int) -> np.ndarray:
     return area_weights(n_in, n_out) if n_in > n_out else cubic_weights(n_in, n_out)
 
 
+_WEIGHTS = {"area": area_weights, "cubic": cubic_weights, "auto": resize_weights}
+
+
+@lru_cache(maxsize=64)
+def _on_device(make, args: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """make(*args) (a weight matrix) as a tensor on device, made and uploaded once."""
+    return torch.as_tensor(make(*args), dtype=dtype, device=device)
+
+
 def _axis_weights(n_in: int, n_out: int, mode: str, like: torch.Tensor) -> torch.Tensor:
-    if mode == "area":
-        w = area_weights(n_in, n_out)
-    elif mode == "cubic":
-        w = cubic_weights(n_in, n_out)
-    elif mode == "auto":
-        w = resize_weights(n_in, n_out)
-    else:
+    if mode not in _WEIGHTS:
         raise ValueError(f"resize mode must be area, cubic or auto, got {mode!r}")
-    return torch.as_tensor(w, dtype=like.dtype, device=like.device)
+    return _on_device(_WEIGHTS[mode], (n_in, n_out), like.device, like.dtype)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "auto") -> torch.Tensor:
@@ -130,8 +133,8 @@ def gaussian_blur(x: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
     if ksize < 1 or ksize % 2 == 0:
         raise ValueError(f"ksize must be odd and positive, got {ksize}")
     h, w = x.shape[-2:]
-    by = torch.as_tensor(_blur_band(h, ksize, float(sigma)), dtype=x.dtype, device=x.device)
-    bx = torch.as_tensor(_blur_band(w, ksize, float(sigma)), dtype=x.dtype, device=x.device)
+    by = _on_device(_blur_band, (h, ksize, float(sigma)), x.device, x.dtype)
+    bx = _on_device(_blur_band, (w, ksize, float(sigma)), x.device, x.dtype)
     return torch.matmul(torch.matmul(by, x), bx.transpose(0, 1))
 
 
@@ -199,10 +202,3 @@ def warp_affine(image: torch.Tensor, matrix: np.ndarray, out_size: tuple[int, in
         new_w, new_h = plan.shrink_to
         src = resize(src, (new_h, new_w), "area")
     return _bilinear(src, plan.local, int(out_size[0]), int(out_size[1]), border, border_value)
-
-
-def align_crop(image: torch.Tensor, matrix: np.ndarray, size: int, border: str = "replicate") -> torch.Tensor:
-    """The size x size aligned crop of a [C, H, W] float image with an image -> crop matrix
-    (restorer_core.faces.align.warp_to_crop on a tensor)."""
-    return warp_affine(image, matrix, (size, size), border=border)
-

@@ -9,6 +9,7 @@ CPU generator seeded with `seed`, so a face's result does not depend on the batc
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
@@ -177,6 +178,16 @@ def make_runner(restorer: Any, speed: Any = "auto", device: Any = None, compile_
     return FallbackRunner(restorer, config, fallback, persist)
 
 
+@dataclass
+class LocatedImages:
+    """Images with their faces found and aligned, ready to restore: the images as given, one
+    ImageRecord each (detections, skipped faces, detect_align time) and all their faces."""
+
+    images: list
+    records: list
+    faces: list
+
+
 class FaceRestorePipeline:
     """A restorer plus everything around it: detection, selection, references, paste-back.
 
@@ -195,6 +206,7 @@ class FaceRestorePipeline:
         self.runner = make_runner(self.restorer, speed, run_device, compile_cache)
         self.identity = identity
         self._detectors: dict = {}
+        self._detect_lock = threading.RLock()  # detectors are not thread-safe; see locate_images
         self.references = ReferenceCache()
         self.scorer = IdentityScorer(identity) if identity is not None else None
 
@@ -371,42 +383,51 @@ class FaceRestorePipeline:
         faces = recut_full_depth(pixels, report.faces)  # 16-bit / float / gray / alpha: full depth
         return faces, report.skipped
 
-    def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
-                       options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
-                       should_cancel: Optional[CancelFn] = None, names: Optional[Sequence[str]] = None) -> list:
-        """Restore several images with their faces batched together -> list[ImageResult]."""
+    def locate_images(self, images: Sequence[np.ndarray], bank: Any = None, options: Optional[RestoreOptions] = None,
+                      names: Optional[Sequence[str]] = None) -> LocatedImages:
+        """The first half of restore_images: every image's faces found, selected and aligned (CPU
+        work a caller may do ahead, on another thread, while the restorer works on earlier images;
+        detection is serialised, so two threads may call this). ValueError for a mode that
+        cannot work, before any detection."""
         options = options or RestoreOptions()
-        records, faces_by_image, all_faces = [], [], []
-        use_refs = self.conditioning(bank, options).use_references
+        self.conditioning(bank, options)
+        records, all_faces = [], []
         for i, pixels in enumerate(images):
             arr = np.asarray(pixels)
             name = names[i] if names is not None else f"image[{i}]"
             record = ImageRecord(input=name, width=int(arr.shape[1]), height=int(arr.shape[0]))
             t0 = time.perf_counter()
-            faces, skipped = self.locate(arr, options, i, bank)
-            if options.temporal is not None:
-                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
-                faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
+            with self._detect_lock:
+                faces, skipped = self.locate(arr, options, i, bank)
+                if options.temporal is not None:
+                    pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+                    faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
             record.add_time("detect_align", time.perf_counter() - t0)
             for f in faces:
                 record.faces.append(FaceRecord(f.face_index, list(map(float, f.box)), f.score,
                                                f.detection.size, similarity_before=f.info.get("similarity")))
-            for s in skipped:
-                record.faces.append(FaceRecord(s.face_index, list(map(float, s.detection.box)),
-                                               s.detection.score, s.detection.size, "skipped", s.reason))
+            for sk in skipped:
+                record.faces.append(FaceRecord(sk.face_index, list(map(float, sk.detection.box)),
+                                               sk.detection.score, sk.detection.size, "skipped", sk.reason))
             records.append(record)
-            faces_by_image.append(faces)
             all_faces.extend(faces)
+        return LocatedImages(list(images), records, all_faces)
+
+    def finish_images(self, located: LocatedImages, bank: Any = None, options: Optional[RestoreOptions] = None,
+                      progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None) -> list:
+        """The second half of restore_images: restore the located faces (batched across the
+        images) and paste them back on the restorer's device -> list[ImageResult]."""
+        options = options or RestoreOptions()
         refs = None
-        if use_refs and all_faces:
+        if located.faces and self.conditioning(bank, options).use_references:
             refs = self.reference_kv(bank, options)
-        restored = self.restore_faces(all_faces, bank, options, progress, should_cancel, refs)
+        restored = self.restore_faces(located.faces, bank, options, progress, should_cancel, refs)
         by_image: dict = {}
         for face in restored:
             by_image.setdefault(face.image_index, []).append(face)
         results = []
-        for i, pixels in enumerate(images):
-            arr, record, faces = np.asarray(pixels), records[i], by_image.get(i, [])
+        for i, pixels in enumerate(located.images):
+            arr, record, faces = np.asarray(pixels), located.records[i], by_image.get(i, [])
             self._annotate(record, faces, bank)
             t0 = time.perf_counter()
             changed = [f for f in faces if not f.info.get("kept")]
@@ -425,6 +446,14 @@ class FaceRestorePipeline:
             record.add_time("paste", time.perf_counter() - t0)
             results.append(ImageResult(out, mask, faces, record))
         return results
+
+    def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
+                       options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
+                       should_cancel: Optional[CancelFn] = None, names: Optional[Sequence[str]] = None) -> list:
+        """Restore several images with their faces batched together -> list[ImageResult]
+        (locate_images, then finish_images)."""
+        located = self.locate_images(images, bank, options, names)
+        return self.finish_images(located, bank, options, progress, should_cancel)
 
     def _annotate(self, record: ImageRecord, faces: list, bank: Any) -> None:
         """Mark restored (or kept) faces in the record, with their restore time and identity similarity."""
