@@ -181,12 +181,12 @@ def cli_options(s: Settings, cache: Path):
     return RestoreOptions(max_refs=s.refs, batch_size=s.batch, strength=strength, cache_dir=str(cache))
 
 
-def cli_rows(name: str, restorer, s: Settings, inputs: dict, work: Path, bank) -> tuple:
+def cli_rows(name: str, restorer, s: Settings, inputs: dict, work: Path, bank, compile_dir: Optional[Path]) -> tuple:
     """(rows, pipeline) of the CLI path: video frames, group images, and the bare step."""
     from restorer_core.cli.run import RunSettings, run_restore
     from restorer_core.restore.pipeline import FaceRestorePipeline
 
-    pipeline = FaceRestorePipeline(restorer, speed=s.speed)
+    pipeline = FaceRestorePipeline(restorer, speed=s.speed, compile_cache=compile_dir)
     options = cli_options(s, work / "kv_cache")
     rows = []
     for label, files in (("video", inputs["frames"]), ("group", inputs["groups"])):
@@ -416,18 +416,20 @@ def main(argv=None) -> int:
         from restorer_core.restore.bank import build_bank
 
         bank = build_bank(list(inputs["refs"]), align_size=256, name="benchmark refs")
-        pack = None
+        pack, compile_dir = None, None
         if "nodes" in s.paths:
             import harness
 
             pack = harness.load_pack(comfy_api=False)
+            # one compiled-code folder for both paths: the nodes load what the CLI path compiled
+            compile_dir = Path(sys.modules[f"{pack.__name__}.nodes.comfy_bridge"].compile_cache_dir())
         for name in s.models:
             if time.perf_counter() - t_start > s.max_seconds:
                 rows.append(Row(name, "-", "-", note=f"skipped: past --max-seconds {s.max_seconds:.0f}"))
                 continue
             restorer = load_restorer(name, s)
             if "cli" in s.paths:
-                new, pipeline = cli_rows(name, restorer, s, inputs, work, bank)
+                new, pipeline = cli_rows(name, restorer, s, inputs, work, bank, compile_dir)
                 pipeline.release_graphs()
                 rows += new
             if "nodes" in s.paths:
@@ -436,6 +438,7 @@ def main(argv=None) -> int:
                 if r.model == name:
                     print(f"{r.model:8s} {r.path:6s} {r.input:8s} {_fmt(r.images_per_s):>7s} img/s "
                           f"{_fmt(r.ms_per_face, '.2f'):>8s} ms/face  first {_fmt(r.first_run_s)} s", flush=True)
+            print(f"{name}: done at {time.perf_counter() - t_start:.0f} s", flush=True)
             del restorer
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
