@@ -182,3 +182,30 @@ def test_restore_faces_post_processing_matches_the_numpy_steps(restored_faces, t
         expected = crop + np.float32(0.6) * (detailed - crop)
         assert face.info["strength"] == 0.6
         assert np.abs(face.restored - expected).max() <= 5e-5  # float32 sums in another order
+
+
+def test_automatic_strength_is_measured_while_locating_and_used_by_the_restore(family, yunet, tmp_path,
+                                                                               monkeypatch):
+    """locate_images (the CLI runs it on its reader thread) measures each face's detail; the restore
+    uses that measurement and gives what measuring at restore time gives."""
+    from tiny_models import tiny_config
+
+    from restorer_core.models.restorer import OneStepRestorer
+    from restorer_core.restore import pipeline as pipeline_mod
+
+    torch.manual_seed(0)
+    pipe = pipeline_mod.FaceRestorePipeline(OneStepRestorer(tiny_config()), speed="eager")
+    pipe.add_detector(pipeline_mod.RestoreOptions(), yunet)
+    options = pipeline_mod.RestoreOptions(mode="none", cache_dir=str(tmp_path))
+    fresh = pipe.restore_images([family], options=options)[0]
+    located = pipe.locate_images([family], options=options)
+    assert all(pipeline_mod.MEASURED_AHEAD in f.info for f in located.faces)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again at restore time")
+
+    monkeypatch.setattr(pipeline_mod, "face_strength", no_measuring)
+    ahead = pipe.finish_images(located, options=options)[0]
+    assert [f.info["strength"] for f in ahead.faces] == [f.info["strength"] for f in fresh.faces]
+    assert all(pipeline_mod.MEASURED_AHEAD not in f.info for f in ahead.faces)
+    assert np.array_equal(ahead.pixels, fresh.pixels)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..models.restorer import OneStepRestorer
 
 ProgressFn = Callable[[int, int], None]
+MEASURED_AHEAD = "detail_measured"  # face info: (resolution, face_strength's answer) from locate_images
 CancelFn = Callable[[], bool]
 
 
@@ -325,7 +326,7 @@ class FaceRestorePipeline:
                                      "for the unfinished images")
             chunk = ordered[start:start + options.batch_size]
             t0 = time.perf_counter()
-            decided = [face_strength(options.strength, f.crop, f.matrix, res) for f in chunk]
+            decided = [self._strength(f, options) for f in chunk]
             if follow is not None:  # frames of a clip: each track's automatic strength over time
                 decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
@@ -347,6 +348,7 @@ class FaceRestorePipeline:
                 # strength 0: the input face exactly, no restorer pass
                 restored = face.crop.astype(np.float32) if kept else outputs[k]
                 new = face.with_restored(restored)
+                new.info.pop(MEASURED_AHEAD, None)
                 new.info["strength"] = strength
                 if kept:
                     new.info["kept"] = kept
@@ -358,6 +360,14 @@ class FaceRestorePipeline:
             if progress is not None:
                 progress(done, total)
         return out
+
+    def _strength(self, face: AlignedFace, options: RestoreOptions) -> tuple:
+        """(strength, DetailEstimate or None) of a face (detail.face_strength): for "auto", the
+        estimate locate_images measured ahead when it is for this restorer's resolution."""
+        ahead = face.info.get(MEASURED_AHEAD) if options.strength == AUTO else None
+        if ahead is not None and ahead[0] == self.resolution:
+            return ahead[1]
+        return face_strength(options.strength, face.crop, face.matrix, self.resolution)
 
     def _finish(self, restored: torch.Tensor, crop: torch.Tensor, strength: float,
                 options: RestoreOptions) -> np.ndarray:
@@ -385,10 +395,10 @@ class FaceRestorePipeline:
 
     def locate_images(self, images: Sequence[np.ndarray], bank: Any = None, options: Optional[RestoreOptions] = None,
                       names: Optional[Sequence[str]] = None) -> LocatedImages:
-        """The first half of restore_images: every image's faces found, selected and aligned (CPU
-        work a caller may do ahead, on another thread, while the restorer works on earlier images;
-        detection is serialised, so two threads may call this). ValueError for a mode that
-        cannot work, before any detection."""
+        """The first half of restore_images: every image's faces found, selected and aligned, and
+        with strength "auto" their detail measured (CPU work a caller may do ahead, on another
+        thread, while the restorer works on earlier images; detection is serialised, so two
+        threads may call this). ValueError for a mode that cannot work, before any detection."""
         options = options or RestoreOptions()
         self.conditioning(bank, options)
         records, all_faces = [], []
@@ -402,6 +412,9 @@ class FaceRestorePipeline:
                 if options.temporal is not None:
                     pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
                     faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
+            if options.strength == AUTO:  # measured here, off the restorer's thread when called ahead
+                for f in faces:
+                    f.info[MEASURED_AHEAD] = (self.resolution, face_strength(AUTO, f.crop, f.matrix, self.resolution))
             record.add_time("detect_align", time.perf_counter() - t0)
             for f in faces:
                 record.faces.append(FaceRecord(f.face_index, list(map(float, f.box)), f.score,
