@@ -170,7 +170,7 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
         lines.append(f"reference keys/values: cache {info.status}"
                      + (f" ({info.reason})" if info.reason and info.status != "hit" else "")
                      + f", references used {list(info.indices)}")
-    return faces.with_faces(restored, lines[0]), lines
+    return faces.with_faces(restored, lines[0], device=str(handle.pipeline.device)), lines
 
 
 # ----------------------------------------------------------------------------- paste back
@@ -178,9 +178,9 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
 
 def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig,
           device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Blend restored faces into their images on `device` (default: ComfyUI's compute device);
-    images without restored faces come back bit-identical."""
-    device = device if device is not None else cb.compute_device()
+    """Blend restored faces into their images on `device` (default: where the faces were
+    restored, else ComfyUI's compute device); images without restored faces come back bit-identical."""
+    device = device if device is not None else (faces.device or cb.compute_device())
     frames = image_list(image)
     sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
     if sizes != list(faces.image_sizes):

@@ -137,7 +137,7 @@ def restore_faces(image, restorer: FaceRestorerHandle, mode: str, max_refs: int,
     lines = ops.describe_faces(faces)
     restored, restore_lines = ops.restore(restorer, faces, reference_bank, options)
     restore_lines += identity_lines(restorer, faces, reference_bank, options)
-    out, mask, paste_lines = ops.paste(image, restored, paste_cfg, device=restorer.pipeline.device)
+    out, mask, paste_lines = ops.paste(image, restored, paste_cfg)
     report = "\n".join(lines + restore_lines + strength_lines(restored) + paste_lines)
     return (out, mask, report)
 

@@ -294,6 +294,20 @@ def test_restore_node_keeps_its_runner_between_runs_and_frees_its_graphs_when_of
     assert released == [1]
 
 
+def test_paste_runs_where_the_faces_were_restored(pack, N, handle, blake, monkeypatch):
+    """Paste Faces Back blends on the device One-Step Restore ran on (a restorer kept on the CPU
+    leaves the GPU alone), not on ComfyUI's compute device."""
+    bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
+    ops = sys.modules[f"{pack.__name__}.nodes.ops"]
+    used = []
+    real = ops.paste_faces
+    monkeypatch.setattr(ops, "paste_faces", lambda *a, device=None, **k: (used.append(device), real(*a, **k))[1])
+    monkeypatch.setattr(bridge, "compute_device", lambda: torch.device("meta"))  # would fail if used
+    restored, out, mask, _ = restore_paste(N, handle, blake, detect(N, blake)[0])
+    assert restored.device == str(handle.pipeline.device) == "cpu"
+    assert used == ["cpu"] and mask.max() > 0.9
+
+
 def test_device_and_precision_choice(pack):
     bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
     if not torch.cuda.is_available():
