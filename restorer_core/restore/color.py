@@ -113,9 +113,9 @@ def wavelet_color_fix(restored: Any, original: Any, levels: int = 5, clip: bool 
             f"shape mismatch: restored {tuple(restored.shape)} vs original {tuple(original.shape)}"
         )
     if _is_torch(restored):
-        high, _ = _wavelet_decompose_torch(restored, levels)
-        _, low = _wavelet_decompose_torch(original.to(restored.dtype), levels)
-        out = high + low
+        # the blur stack is linear: high(r) + low(o) = r + low(o - r), one decomposition for two
+        _, low = _wavelet_decompose_torch(original.to(restored.dtype) - restored, levels)
+        out = restored + low
         return out.clamp(0.0, 1.0) if clip else out
     high, _ = wavelet_decompose(restored, levels)
     _, low = wavelet_decompose(original, levels)
