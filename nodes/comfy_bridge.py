@@ -7,7 +7,7 @@ these functions there is one file to fix.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -123,6 +123,11 @@ def choose_device_dtype(device: str = "auto", precision: str = "auto") -> tuple[
     return dev, torch.float32
 
 
+def compute_device() -> torch.device:
+    """ComfyUI's compute device (the GPU when there is one): where paste-back runs."""
+    return model_management.get_torch_device()
+
+
 def offload_device() -> torch.device:
     return model_management.unet_offload_device()
 
@@ -130,21 +135,37 @@ def offload_device() -> torch.device:
 class PatchableModule(torch.nn.Module):
     """What ComfyUI's memory manager moves between devices: the restorer, behind a plain
     `device` attribute (ModelPatcher assigns `model.device`; the restorer's own `device` is a
-    read-only property)."""
+    read-only property).
 
-    def __init__(self, restorer: torch.nn.Module, device: torch.device):
+    on_move: called after a move that changed where the weights are (ComfyUI loading the model,
+    or offloading it to make room): the pipeline's CUDA graphs, whose memory the manager cannot
+    see, are released then and only then, so a model that stays loaded keeps them between runs.
+    """
+
+    def __init__(self, restorer: torch.nn.Module, device: torch.device,
+                 on_move: Optional[Callable[[], None]] = None):
         super().__init__()
         self.restorer = restorer
         self.device = device
+        self.on_move = on_move
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "PatchableModule":
+        before = self.restorer.device
+        result = super()._apply(fn, *args, **kwargs)
+        if self.on_move is not None and self.restorer.device != before:
+            self.on_move()
+        return result
 
     def get_dtype(self) -> torch.dtype:
         return self.restorer.dtype
 
 
-def make_patcher(restorer: torch.nn.Module, load_device: torch.device) -> Any:
-    """Wrap the restorer so ComfyUI can load it on demand and offload it under memory pressure."""
+def make_patcher(restorer: torch.nn.Module, load_device: torch.device,
+                 on_move: Optional[Callable[[], None]] = None) -> Any:
+    """Wrap the restorer so ComfyUI can load it on demand and offload it under memory pressure
+    (on_move: see PatchableModule)."""
     off = offload_device() if load_device.type != "cpu" else load_device
-    holder = PatchableModule(restorer, restorer.device)  # where its weights are now
+    holder = PatchableModule(restorer, restorer.device, on_move)  # where its weights are now
     return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=off)
 
 

@@ -105,7 +105,8 @@ def loader_inputs() -> dict:
                                  "batch size and model compiles for 1-2 minutes, then the compiled code is "
                                  "loaded from models/" + f"{cb.CACHE_FOLDER}/compiled; if compiling fails, "
                                  "graph is used and the console says why. graph: CUDA graphs without "
-                                 "compile (captured per node run, freed after it); upsampling convs at "
+                                 "compile (captured once per batch size, freed when ComfyUI offloads the "
+                                 "model); upsampling convs at "
                                  "low resolution on the CPU. eager: the plain model. All give the same "
                                  "faces."}),
         },
@@ -138,8 +139,10 @@ def load_face_restorer(model_name: str, base_model: str, device: str, precision:
     # (not ComfyUI's temp folder, which ComfyUI empties at every start).
     pipeline = FaceRestorePipeline(restorer, identity=try_identity(), speed=speed, run_device=dev,
                                    compile_cache=cb.compile_cache_dir())
-    handle = FaceRestorerHandle(name=model_name, pipeline=pipeline, patcher=cb.make_patcher(restorer, dev),
-                                load_device=dev, dtype=dtype)
+    # The pipeline (and its runner's CUDA graphs) lives as long as this handle: graphs are captured
+    # once per batch shape and released when ComfyUI moves the model (loads or offloads it).
+    patcher = cb.make_patcher(restorer, dev, on_move=pipeline.release_graphs)
+    handle = FaceRestorerHandle(name=model_name, pipeline=pipeline, patcher=patcher, load_device=dev, dtype=dtype)
     log(f"loaded {handle.describe()}")
     return (handle,)
 

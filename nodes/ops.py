@@ -157,10 +157,8 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
     except CancelledError:
         cb.check_interrupt()
         raise cb.interrupted_exception()() from None
-    finally:
-        # CUDA graphs live for one node run: their memory pool is invisible to ComfyUI's memory
-        # manager, which may offload this model to make room for the next one.
-        handle.pipeline.release_graphs()
+    # The runner and its CUDA graphs stay for the next run (captured once per batch shape);
+    # ComfyUI moving the model off its device releases them (comfy_bridge.PatchableModule).
     kept = sorted({f.info["kept"] for f in restored if f.info.get("kept")})
     n_kept = sum(1 for f in restored if f.info.get("kept"))
     kept_text = f", kept {n_kept} as they were ({'; '.join(kept)})" if n_kept else ""
@@ -172,14 +170,17 @@ def restore(handle: FaceRestorerHandle, faces: FaceSet, bank: Any, options: Rest
         lines.append(f"reference keys/values: cache {info.status}"
                      + (f" ({info.reason})" if info.reason and info.status != "hit" else "")
                      + f", references used {list(info.indices)}")
-    return faces.with_faces(restored, lines[0]), lines
+    return faces.with_faces(restored, lines[0], device=str(handle.pipeline.device)), lines
 
 
 # ----------------------------------------------------------------------------- paste back
 
 
-def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Blend restored faces into their images; images without restored faces come back bit-identical."""
+def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig,
+          device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Blend restored faces into their images on `device` (default: where the faces were
+    restored, else ComfyUI's compute device); images without restored faces come back bit-identical."""
+    device = device if device is not None else (faces.device or cb.compute_device())
     frames = image_list(image)
     sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
     if sizes != list(faces.image_sizes):
@@ -193,7 +194,7 @@ def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig) -> tuple[tor
         cb.check_interrupt()
         done = [f for f in faces.for_image(i) if f.restored is not None and not f.info.get("kept")]
         if done:
-            out, mask = paste_faces(frame, done, config)
+            out, mask = paste_faces(frame, done, config, device=device)
         else:
             out, mask = frame, np.zeros(frame.shape[:2], np.float32)
             kept = sum(1 for f in faces.for_image(i) if f.info.get("kept"))

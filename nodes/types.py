@@ -65,7 +65,8 @@ class FaceSet:
     faces: restorer_core.faces.records.AlignedFace, sorted by (image_index, face_index); face_index is
     stable across frames when detection tracked them. image_sizes: (height, width) of every image
     of the batch the faces came from (paste-back checks it gets the same batch). skipped: one
-    line per detected face that selection left out, with the reason.
+    line per detected face that selection left out, with the reason. device: where the
+    restorer ran (set by One-Step Restore): paste-back runs there too.
     """
 
     faces: list
@@ -73,6 +74,7 @@ class FaceSet:
     crop_size: int
     skipped: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    device: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.faces = sorted(self.faces, key=lambda f: (f.image_index, f.face_index))
@@ -94,9 +96,10 @@ class FaceSet:
         """Faces left exactly as they were (strength 0: automatic, already sharp, or manual)."""
         return sum(1 for f in self.faces if f.restored is not None and f.info.get("kept"))
 
-    def with_faces(self, faces: list, note: Optional[str] = None) -> "FaceSet":
+    def with_faces(self, faces: list, note: Optional[str] = None, device: Optional[str] = None) -> "FaceSet":
         notes = list(self.notes) + ([note] if note else [])
-        return FaceSet(list(faces), list(self.image_sizes), self.crop_size, list(self.skipped), notes)
+        return FaceSet(list(faces), list(self.image_sizes), self.crop_size, list(self.skipped), notes,
+                       device if device is not None else self.device)
 
     def crops_tensor(self, restored: bool = False) -> torch.Tensor:
         """IMAGE [N, S, S, 3] of the crops (restored ones where asked and present); one black

@@ -258,7 +258,7 @@ def test_loader_compiles_for_a_gpu_and_keeps_the_compiled_code_under_the_models_
     bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
     fast = sys.modules[f"{pack.__name__}.restorer_core.models.fast"]
     monkeypatch.setattr(bridge, "choose_device_dtype", lambda device, precision: (torch.device("cuda"), torch.float16))
-    monkeypatch.setattr(bridge, "make_patcher", lambda restorer, dev: None)  # no CUDA here to load onto
+    monkeypatch.setattr(bridge, "make_patcher", lambda restorer, dev, on_move=None: None)  # no CUDA here to load onto
     gpu = N["OneStepLoadFaceRestorer"].load("tiny_a.safetensors", "none", "auto", "auto", False)[0]
     runner = gpu.pipeline.runner
     assert isinstance(runner, fast.FallbackRunner) and runner.compiles
@@ -272,13 +272,40 @@ def test_loader_compiles_for_a_gpu_and_keeps_the_compiled_code_under_the_models_
     assert isinstance(cpu.pipeline.runner, fast.FastRestorer) and not cpu.pipeline.runner.speed.compile_mode
 
 
-def test_restore_node_frees_its_cuda_graphs_after_each_run(N, handle, blake, monkeypatch):
-    """Captured graphs hold GPU memory that ComfyUI's manager cannot see: a node run drops them."""
-    calls = []
-    monkeypatch.setattr(handle.pipeline.runner, "release_graphs", lambda: calls.append(1), raising=False)
+def test_restore_node_keeps_its_runner_between_runs_and_frees_its_graphs_when_offloaded(pack, N, restorer_files,
+                                                                                      blake, monkeypatch):
+    """CUDA graphs are captured once per loaded model and batch shape: a second node run builds
+    no runner and releases nothing; ComfyUI moving the model off its device releases them (their
+    memory is invisible to its manager)."""
+    fast = sys.modules[f"{pack.__name__}.restorer_core.models.fast"]
+    handle = N["OneStepLoadFaceRestorer"].load("tiny_b.safetensors", "none", "auto", "auto", False)[0]
+    runner = handle.pipeline.runner
+    built, released = [], []
+    init = fast.FastRestorer.__init__
+    monkeypatch.setattr(fast.FastRestorer, "__init__", lambda self, *a, **k: (built.append(1), init(self, *a, **k))[1])
+    monkeypatch.setattr(runner, "release_graphs", lambda: released.append(1), raising=False)
     faces = detect(N, blake)[0]
-    N["OneStepRestore"].restore(handle, faces, **RESTORE)
-    assert calls == [1]
+    first = N["OneStepRestore"].restore(handle, faces, **RESTORE)[0]
+    second = N["OneStepRestore"].restore(handle, faces, **RESTORE)[0]
+    assert handle.pipeline.runner is runner and built == [] and released == []
+    assert all(np.array_equal(a.restored, b.restored) for a, b in zip(first.faces, second.faces))
+    handle.patcher.offload_device = torch.device("meta")  # a device to offload to, on a CPU-only machine
+    mm.unload_all_models()
+    assert released == [1]
+
+
+def test_paste_runs_where_the_faces_were_restored(pack, N, handle, blake, monkeypatch):
+    """Paste Faces Back blends on the device One-Step Restore ran on (a restorer kept on the CPU
+    leaves the GPU alone), not on ComfyUI's compute device."""
+    bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
+    ops = sys.modules[f"{pack.__name__}.nodes.ops"]
+    used = []
+    real = ops.paste_faces
+    monkeypatch.setattr(ops, "paste_faces", lambda *a, device=None, **k: (used.append(device), real(*a, **k))[1])
+    monkeypatch.setattr(bridge, "compute_device", lambda: torch.device("meta"))  # would fail if used
+    restored, out, mask, _ = restore_paste(N, handle, blake, detect(N, blake)[0])
+    assert restored.device == str(handle.pipeline.device) == "cpu"
+    assert used == ["cpu"] and mask.max() > 0.9
 
 
 def test_device_and_precision_choice(pack):

@@ -190,14 +190,14 @@ def test_report_name_taken_meanwhile_gets_a_fresh_name(portrait_rgb, model_file,
     from restorer_core.restore.pipeline import FaceRestorePipeline
 
     out = tmp_path / "out"
-    real = FaceRestorePipeline.restore_images
+    real = FaceRestorePipeline.finish_images
 
     def restore_while_another_run_reports(self, *args, **kwargs):
         if not (out / "restore_report.json").exists():
             (out / "restore_report.json").write_text('{"other": "run"}')
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(FaceRestorePipeline, "restore_images", restore_while_another_run_reports)
+    monkeypatch.setattr(FaceRestorePipeline, "finish_images", restore_while_another_run_reports)
     src = save_image(tmp_path / "portrait.png", portrait_rgb)
     assert _restore([src], out, model_file) == 0
     assert _report(out / "restore_report.json") == {"other": "run"}

@@ -175,13 +175,13 @@ def test_cli_video_restores_frames_in_order_with_smoothing(tmp_path, model_file,
         shifted = np.roll(photo[:, 350:], k, axis=1)
         cv2.imwrite(str(frames / f"frame_{k}.png"), shifted)
     seen = []
-    original = FaceRestorePipeline.restore_images
+    original = FaceRestorePipeline.locate_images
 
-    def spy(self, images, bank=None, options=None, *a, **k):
-        seen.append((options.temporal is not None, list(k.get("names") or a[2])))
-        return original(self, images, bank, options, *a, **k)
+    def spy(self, images, bank=None, options=None, names=None):
+        seen.append((options.temporal is not None, list(names)))
+        return original(self, images, bank, options, names)
 
-    monkeypatch.setattr(FaceRestorePipeline, "restore_images", spy)
+    monkeypatch.setattr(FaceRestorePipeline, "locate_images", spy)
     out = tmp_path / "out"
     code = cli.main(["restore", str(frames), "--out", str(out), "--model", str(model_file), "--quiet",
                      "--video", "--crop-size", "128"])

@@ -2,7 +2,10 @@
 
 Each chunk goes through three named steps: load (resume check, read), restore (the chunk at
 once, or image by image when that fails, so one bad image does not sink the rest), save (write
-each result under a free name). One failing image is one failed report line; the run goes on.
+each result under a free name). Reading (decoding, and finding and aligning the faces) runs one
+chunk ahead and writing one chunk behind, each on its own thread, so that CPU work overlaps the
+restorer's. One failing image
+is one failed report line; the run goes on.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -118,14 +122,31 @@ class _Run:
                 self.fail(path, exc, sha)
         return loaded
 
-    def restore_group(self, group: list) -> list:
-        """One pipeline call for the group's images; with settings.rotate, an image without a
-        face is tried turned by 90/180/270 degrees."""
+    def read(self, chunk: Sequence[Path]) -> tuple:
+        """(loaded, located): the chunk loaded, and its faces found and aligned
+        (pipeline.locate_images), or located None when that failed (restore does it again, image
+        by image, and records what fails). Runs on the reader thread, ahead of the restore."""
+        loaded = self.load(chunk)
+        if not loaded:
+            return loaded, None
+        try:
+            located = self.pipeline.locate_images([im.pixels for im, _, _ in loaded], self.bank, self.options,
+                                                  [str(im.path) for im, _, _ in loaded])
+        except Exception:  # noqa: BLE001 - restore redoes it and records the failure
+            located = None
+        return loaded, located
+
+    def restore_group(self, group: list, located=None) -> list:
+        """One pipeline call for the group's images (their faces already located, when given);
+        with settings.rotate, an image without a face is tried turned by 90/180/270 degrees."""
         from ..faces.orientation import restore_any_rotation
 
         pipeline, bank, options, should_cancel = self.pipeline, self.bank, self.options, self.should_cancel
-        results = pipeline.restore_images([im.pixels for im, _, _ in group], bank, options, self.on_progress,
-                                          should_cancel, [str(im.path) for im, _, _ in group])
+        if located is not None:
+            results = pipeline.finish_images(located, bank, options, self.on_progress, should_cancel)
+        else:
+            results = pipeline.restore_images([im.pixels for im, _, _ in group], bank, options, self.on_progress,
+                                              should_cancel, [str(im.path) for im, _, _ in group])
         if not self.settings.rotate:
             return results
         out = []
@@ -135,12 +156,12 @@ class _Run:
             out.append(restore_any_rotation(one, image.pixels, result))
         return out
 
-    def restore(self, loaded: list) -> Optional[tuple]:
+    def restore(self, loaded: list, located=None) -> Optional[tuple]:
         """(groups, results): the chunk in one group, or image by image when that fails (each
         failing image recorded); None when the chunk's only image failed."""
         groups = [loaded]
         try:
-            results = [self.restore_group(loaded)]
+            results = [self.restore_group(loaded, located)]
         except CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -226,20 +247,11 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
     """
     run = _Run(inputs, pipeline, bank, options, settings, report or RunReport(), should_cancel)
     pending = [Path(p) for p in inputs]
+    chunks = [pending[i:i + settings.images_per_chunk] for i in range(0, len(pending), settings.images_per_chunk)]
     try:
-        with warnings_into(run.report):
-            while pending:
-                if should_cancel is not None and should_cancel():
-                    raise CancelledError("cancelled between images")
-                chunk, pending = pending[:settings.images_per_chunk], pending[settings.images_per_chunk:]
-                loaded = run.load(chunk)
-                if not loaded:
-                    continue
-                restored = run.restore(loaded)
-                if restored is None:
-                    continue
-                run.save(*restored)
-                run.faces_before = run.bar_faces.total or run.faces_before
+        with warnings_into(run.report), ThreadPoolExecutor(1, "read") as reader, \
+                ThreadPoolExecutor(1, "write") as writer:
+            _overlapped(run, chunks, reader, writer)
     except (CancelledError, KeyboardInterrupt):
         run.record_cancelled()
         run.finish("cancelled")
@@ -248,3 +260,34 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
         run.close()
     run.finish()
     return run.report
+
+
+def _overlapped(run: _Run, chunks: list, reader: ThreadPoolExecutor, writer: ThreadPoolExecutor) -> None:
+    """Chunk by chunk: the next chunk is read (decoded, faces located) and the previous one
+    written (encoded) on their own threads while this one is restored. Leaving
+    (also on cancel) waits for the write under way: nothing half-written is left."""
+    should_cancel = run.should_cancel
+    next_load: Optional[Future] = reader.submit(run.read, chunks[0]) if chunks else None
+    saving: Optional[Future] = None
+    try:
+        for i in range(len(chunks)):
+            loaded, located = next_load.result()
+            next_load = None
+            if should_cancel is not None and should_cancel():
+                raise CancelledError("cancelled between images")
+            if i + 1 < len(chunks):
+                next_load = reader.submit(run.read, chunks[i + 1])
+            if not loaded:
+                continue
+            restored = run.restore(loaded, located)
+            if restored is None:
+                continue
+            if saving is not None:
+                saving.result()
+            saving = writer.submit(run.save, *restored)
+            run.faces_before = run.bar_faces.total or run.faces_before
+    finally:
+        if next_load is not None:
+            next_load.cancel()
+        if saving is not None:
+            saving.result()

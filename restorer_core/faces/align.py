@@ -8,6 +8,9 @@ restoration models were trained on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import cv2
 import numpy as np
 
@@ -140,6 +143,49 @@ def _reflect_safe_roi(
     return x0, y0, x1, y1
 
 
+@dataclass(frozen=True)
+class WarpPlan:
+    """How a warp reads its source: the source box (x0, y0, x1, y1) it cuts, the size
+    (width, height) that box is area-shrunk to first (None: not shrunk) and the 2x3 matrix
+    from the (shrunk) box to the output. The CPU and torch warps both follow it."""
+
+    box: tuple
+    shrink_to: Optional[tuple]
+    local: np.ndarray
+
+
+def warp_plan(matrix: np.ndarray, out_size: tuple[int, int], src_shape: tuple[int, int],
+              border: str = "replicate", antialias: bool = True) -> WarpPlan:
+    """The WarpPlan of a source -> output warp into out_size = (w, h) from a source of shape (h, w).
+
+    Only the source region the output can see is read, so a crop from a 12000 px photo costs
+    the same as from a small one. When the warp shrinks by more than 2x and antialias is on,
+    that region is area-resized first, so fine detail averages instead of aliasing.
+    """
+    if border not in _BORDERS:
+        raise ValueError(f"border must be one of {sorted(_BORDERS)}, got {border!r}")
+    matrix = np.asarray(matrix, dtype=np.float64)
+    h, w = src_shape
+    roi = source_roi(matrix, out_size, (h, w))
+    if border == "reflect":
+        roi = _reflect_safe_roi(roi, _preimage_box(matrix, out_size, 2), (h, w))
+    x0, y0, x1, y1 = roi
+    if x1 <= x0 or y1 <= y0:  # the output sees only border: any 1-pixel source will do
+        x0, y0, x1, y1 = 0, 0, min(1, w), min(1, h)
+    local = compose_affine(np.array([[1.0, 0.0, x0], [0.0, 1.0, y0]]), matrix)
+    shrink_to = None
+    if antialias and affine_scale(local) < 0.5:
+        factor = affine_scale(local) * 1.5  # keep some oversampling for the final warp
+        bw, bh = x1 - x0, y1 - y0
+        new_w, new_h = max(1, int(round(bw * factor))), max(1, int(round(bh * factor)))
+        sx, sy = new_w / bw, new_h / bh
+        # pixel centres: x_small = (x + 0.5) * sx - 0.5
+        to_small = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+        local = compose_affine(invert_affine(to_small), local)
+        shrink_to = (new_w, new_h)
+    return WarpPlan((x0, y0, x1, y1), shrink_to, local)
+
+
 def warp_affine(
     image: np.ndarray,
     matrix: np.ndarray,
@@ -148,43 +194,23 @@ def warp_affine(
     antialias: bool = True,
     border_value: float = 0.0,
 ) -> np.ndarray:
-    """Warp image (uint8/uint16/float; HxW or HxWx1/3/4) with a source -> output 2x3 matrix.
-
-    Only the source region the output can see is touched, so a crop from a 12000 px photo
-    costs the same as from a small one. When the warp shrinks by more than 2x and antialias
-    is on, that region is area-resized first, so fine detail averages instead of aliasing.
-    out_size is (width, height); dtype and channel count are kept.
-    """
-    if border not in _BORDERS:
-        raise ValueError(f"border must be one of {sorted(_BORDERS)}, got {border!r}")
+    """Warp image (uint8/uint16/float; HxW or HxWx1/3/4) with a source -> output 2x3 matrix
+    (OpenCV, bilinear; see warp_plan for what is read). out_size is (width, height); dtype and
+    channel count are kept. restorer_core.faces.warp_torch.warp_affine is the same warp on tensors."""
     if image.dtype.kind == "f" and image.dtype != np.float32:
         image = image.astype(np.float32)
     squeeze = image.ndim == 3 and image.shape[2] == 1
     if squeeze:
         image = image[..., 0]
-    matrix = np.asarray(matrix, dtype=np.float64)
-    h, w = image.shape[:2]
-    roi = source_roi(matrix, out_size, (h, w))
-    if border == "reflect":
-        roi = _reflect_safe_roi(roi, _preimage_box(matrix, out_size, 2), (h, w))
-    x0, y0, x1, y1 = roi
-    if x1 <= x0 or y1 <= y0:  # the output sees only border: any 1-pixel source will do
-        x0, y0, x1, y1 = 0, 0, min(1, w), min(1, h)
+    plan = warp_plan(matrix, out_size, image.shape[:2], border, antialias)
+    x0, y0, x1, y1 = plan.box
     src = image[y0:y1, x0:x1]
-    local = compose_affine(np.array([[1.0, 0.0, x0], [0.0, 1.0, y0]]), matrix)
-    if antialias and affine_scale(local) < 0.5:
-        factor = affine_scale(local) * 1.5  # keep some oversampling for the final warp
-        new_w = max(1, int(round(src.shape[1] * factor)))
-        new_h = max(1, int(round(src.shape[0] * factor)))
-        sx, sy = new_w / src.shape[1], new_h / src.shape[0]
-        src = cv2.resize(src, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        # pixel centres: x_small = (x + 0.5) * sx - 0.5
-        to_small = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
-        local = compose_affine(invert_affine(to_small), local)
+    if plan.shrink_to is not None:
+        src = cv2.resize(src, plan.shrink_to, interpolation=cv2.INTER_AREA)
     channels = 1 if src.ndim == 2 else src.shape[2]
     out = cv2.warpAffine(
         np.ascontiguousarray(src),
-        local,
+        plan.local,
         (int(out_size[0]), int(out_size[1])),
         flags=cv2.INTER_LINEAR,
         borderMode=_BORDERS[border],

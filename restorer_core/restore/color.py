@@ -66,22 +66,29 @@ def _meanstd_np(restored: np.ndarray, original: np.ndarray, eps: float) -> np.nd
 # ----------------------------------------------------------------------------- torch
 
 
-def _wavelet_decompose_torch(image: Any, levels: int) -> tuple[Any, Any]:
-    import torch
+def _binomial_blur_torch(x: Any, radius: int) -> Any:
+    """wavelet_blur on a [B, C, H, W] tensor: the separable 3-tap binomial as shifted sums of
+    the replicate-padded image (cheaper than a dilated convolution, on the CPU above all)."""
     import torch.nn.functional as F
 
+    r = radius
+    k0, k1, k2 = _BINOMIAL
+    p = F.pad(x, (r, r, r, r), mode="replicate")
+    h, w = x.shape[-2:]
+    rows = k0 * p[..., : h, :] + k1 * p[..., r : r + h, :] + k2 * p[..., 2 * r : 2 * r + h, :]
+    return k0 * rows[..., : w] + k1 * rows[..., r : r + w] + k2 * rows[..., 2 * r : 2 * r + w]
+
+
+def _wavelet_decompose_torch(image: Any, levels: int) -> tuple[Any, Any]:
     squeeze = image.dim() == 3
     low = image[None] if squeeze else image
-    channels = low.shape[1]
-    k1 = torch.tensor(_BINOMIAL, dtype=low.dtype, device=low.device)
-    kernel = (k1[:, None] * k1[None, :])[None, None].repeat(channels, 1, 1, 1)
-    high = torch.zeros_like(low)
+    high = None
     for level in range(levels):
-        r = 2**level
-        padded = F.pad(low, (r, r, r, r), mode="replicate")
-        blurred = F.conv2d(padded, kernel, groups=channels, dilation=r)
-        high = high + (low - blurred)
+        blurred = _binomial_blur_torch(low, 2**level)
+        high = (low - blurred) if high is None else high + (low - blurred)
         low = blurred
+    if high is None:
+        high = low * 0
     if squeeze:
         high, low = high[0], low[0]
     return high, low
@@ -106,9 +113,9 @@ def wavelet_color_fix(restored: Any, original: Any, levels: int = 5, clip: bool 
             f"shape mismatch: restored {tuple(restored.shape)} vs original {tuple(original.shape)}"
         )
     if _is_torch(restored):
-        high, _ = _wavelet_decompose_torch(restored, levels)
-        _, low = _wavelet_decompose_torch(original.to(restored.dtype), levels)
-        out = high + low
+        # the blur stack is linear: high(r) + low(o) = r + low(o - r), one decomposition for two
+        _, low = _wavelet_decompose_torch(original.to(restored.dtype) - restored, levels)
+        out = restored + low
         return out.clamp(0.0, 1.0) if clip else out
     high, _ = wavelet_decompose(restored, levels)
     _, low = wavelet_decompose(original, levels)

@@ -9,6 +9,7 @@ CPU generator seeded with `seed`, so a face's result does not depend on the batc
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
@@ -21,6 +22,7 @@ from .conditioning import Capabilities, Conditioning, decide
 from .detail import AUTO, check_strength, face_strength, kept_reason
 from ..errors import CancelledError
 from ..options import SPEEDS
+from ..faces import warp_torch
 from ..faces.records import AlignedFace
 from ..faces.identity import IdentityScorer
 from .paste import PasteConfig, paste_faces
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from ..models.restorer import OneStepRestorer
 
 ProgressFn = Callable[[int, int], None]
+MEASURED_AHEAD = "detail_measured"  # face info: (resolution, face_strength's answer) from locate_images
 CancelFn = Callable[[], bool]
 
 
@@ -102,18 +105,23 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(cv2.resize(image, (size, size), interpolation=interp), 0.0, 1.0)
 
 
-def transfer_detail(restored: np.ndarray, crop: np.ndarray, resolution: int) -> np.ndarray:
-    """Add back the input crop's detail finer than the restorer's native resolution.
+def transfer_detail(restored: torch.Tensor, crop: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Add back the input crop's detail finer than the restorer's native resolution ([..., S, S]
+    tensors on any device).
 
     A restorer that works at `resolution` px cannot represent anything finer, so a face cut at a
     larger crop size would come back blurred. The band above the restorer's Nyquist is taken from
     the input (crop - up(down(crop))); for faces no larger than `resolution` that band is empty and
     nothing changes. An identity restorer thus gives back the input crop exactly.
     """
-    crop = np.asarray(crop, dtype=np.float32)
-    size = crop.shape[0]
-    fine = crop - resize_square(resize_square(crop, resolution), size)
-    return np.clip(restored + fine, 0.0, 1.0)
+    size = crop.shape[-1]
+    fine = crop - warp_torch.resize_square(warp_torch.resize_square(crop, resolution), size)
+    return (restored + fine).clamp_(0.0, 1.0)
+
+
+def crop_tensor(face: AlignedFace, device: Any) -> torch.Tensor:
+    """A face's aligned crop as [3, S, S] float32 on `device`."""
+    return torch.from_numpy(np.asarray(face.crop, dtype=np.float32)).to(device).permute(2, 0, 1)
 
 
 def speed_config(restorer: Any, speed: Any = "auto", device: Any = None) -> Any:
@@ -171,6 +179,16 @@ def make_runner(restorer: Any, speed: Any = "auto", device: Any = None, compile_
     return FallbackRunner(restorer, config, fallback, persist)
 
 
+@dataclass
+class LocatedImages:
+    """Images with their faces found and aligned, ready to restore: the images as given, one
+    ImageRecord each (detections, skipped faces, detect_align time) and all their faces."""
+
+    images: list
+    records: list
+    faces: list
+
+
 class FaceRestorePipeline:
     """A restorer plus everything around it: detection, selection, references, paste-back.
 
@@ -189,6 +207,7 @@ class FaceRestorePipeline:
         self.runner = make_runner(self.restorer, speed, run_device, compile_cache)
         self.identity = identity
         self._detectors: dict = {}
+        self._detect_lock = threading.RLock()  # detectors are not thread-safe; see locate_images
         self.references = ReferenceCache()
         self.scorer = IdentityScorer(identity) if identity is not None else None
 
@@ -307,34 +326,29 @@ class FaceRestorePipeline:
                                      "for the unfinished images")
             chunk = ordered[start:start + options.batch_size]
             t0 = time.perf_counter()
-            decided = [face_strength(options.strength, f.crop, f.matrix, res) for f in chunk]
+            decided = [self._strength(f, options) for f in chunk]
             if follow is not None:  # frames of a clip: each track's automatic strength over time
                 decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs = {}
             if work:
-                crops = [resize_square(chunk[k].crop, res) for k in work]
-                crops += crops[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
-                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(self.device, self.dtype)
-                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in crops]
+                crops = {k: crop_tensor(chunk[k], self.device) for k in work}
+                x = [warp_torch.resize_square(crops[k], res) for k in work]
+                x += x[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
+                x = torch.stack(x).to(self.dtype)
+                generators = [torch.Generator("cpu").manual_seed(int(options.seed)) for _ in x]
                 with torch.inference_mode():
                     y = self.runner(x, refs, options.mode, generator=generators)[:len(work)]
-                y = y.float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
-                outputs = dict(zip(work, y))
+                y = y.float().clamp(0.0, 1.0)
+                outputs = {k: self._finish(y[i], crops[k], decided[k][0], options) for i, k in enumerate(work)}
             share = (time.perf_counter() - t0) / len(chunk)
             for k, face in enumerate(chunk):
                 strength, estimate = decided[k]
                 kept = kept_reason(strength, estimate)
-                if kept:  # strength 0: the input face exactly, no restorer pass
-                    restored = face.crop.astype(np.float32)
-                else:
-                    restored = resize_square(outputs[k], face.crop_size)
-                    if options.detail_transfer and face.crop_size > res:
-                        restored = transfer_detail(restored, face.crop, res)
-                    if strength < 1.0:
-                        crop = face.crop.astype(np.float32)
-                        restored = crop + np.float32(strength) * (restored - crop)
-                new = face.with_restored(restored.astype(np.float32))
+                # strength 0: the input face exactly, no restorer pass
+                restored = face.crop.astype(np.float32) if kept else outputs[k]
+                new = face.with_restored(restored)
+                new.info.pop(MEASURED_AHEAD, None)
                 new.info["strength"] = strength
                 if kept:
                     new.info["kept"] = kept
@@ -346,6 +360,26 @@ class FaceRestorePipeline:
             if progress is not None:
                 progress(done, total)
         return out
+
+    def _strength(self, face: AlignedFace, options: RestoreOptions) -> tuple:
+        """(strength, DetailEstimate or None) of a face (detail.face_strength): for "auto", the
+        estimate locate_images measured ahead when it is for this restorer's resolution."""
+        ahead = face.info.get(MEASURED_AHEAD) if options.strength == AUTO else None
+        if ahead is not None and ahead[0] == self.resolution:
+            return ahead[1]
+        return face_strength(options.strength, face.crop, face.matrix, self.resolution)
+
+    def _finish(self, restored: torch.Tensor, crop: torch.Tensor, strength: float,
+                options: RestoreOptions) -> np.ndarray:
+        """A restorer output [3, R, R] back at the crop's size, with the input's finer detail
+        and the strength blend, on the restorer's device -> [S, S, 3] float32 array."""
+        size = crop.shape[-1]
+        restored = warp_torch.resize_square(restored, size)
+        if options.detail_transfer and size > self.resolution:
+            restored = transfer_detail(restored, crop, self.resolution)
+        if strength < 1.0:
+            restored = crop + float(strength) * (restored - crop)
+        return restored.permute(1, 2, 0).cpu().numpy()
 
     # ----------------------------------------------------------------------------- images
     def locate(self, pixels: np.ndarray, options: RestoreOptions, image_index: int = 0,
@@ -359,47 +393,59 @@ class FaceRestorePipeline:
         faces = recut_full_depth(pixels, report.faces)  # 16-bit / float / gray / alpha: full depth
         return faces, report.skipped
 
-    def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
-                       options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
-                       should_cancel: Optional[CancelFn] = None, names: Optional[Sequence[str]] = None) -> list:
-        """Restore several images with their faces batched together -> list[ImageResult]."""
+    def locate_images(self, images: Sequence[np.ndarray], bank: Any = None, options: Optional[RestoreOptions] = None,
+                      names: Optional[Sequence[str]] = None) -> LocatedImages:
+        """The first half of restore_images: every image's faces found, selected and aligned, and
+        with strength "auto" their detail measured (CPU work a caller may do ahead, on another
+        thread, while the restorer works on earlier images; detection is serialised, so two
+        threads may call this). ValueError for a mode that cannot work, before any detection."""
         options = options or RestoreOptions()
-        records, faces_by_image, all_faces = [], [], []
-        use_refs = self.conditioning(bank, options).use_references
+        self.conditioning(bank, options)
+        records, all_faces = [], []
         for i, pixels in enumerate(images):
             arr = np.asarray(pixels)
             name = names[i] if names is not None else f"image[{i}]"
             record = ImageRecord(input=name, width=int(arr.shape[1]), height=int(arr.shape[0]))
             t0 = time.perf_counter()
-            faces, skipped = self.locate(arr, options, i, bank)
-            if options.temporal is not None:
-                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
-                faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
+            with self._detect_lock:
+                faces, skipped = self.locate(arr, options, i, bank)
+                if options.temporal is not None:
+                    pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+                    faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
+            if options.strength == AUTO:  # measured here, off the restorer's thread when called ahead
+                for f in faces:
+                    f.info[MEASURED_AHEAD] = (self.resolution, face_strength(AUTO, f.crop, f.matrix, self.resolution))
             record.add_time("detect_align", time.perf_counter() - t0)
             for f in faces:
                 record.faces.append(FaceRecord(f.face_index, list(map(float, f.box)), f.score,
                                                f.detection.size, similarity_before=f.info.get("similarity")))
-            for s in skipped:
-                record.faces.append(FaceRecord(s.face_index, list(map(float, s.detection.box)),
-                                               s.detection.score, s.detection.size, "skipped", s.reason))
+            for sk in skipped:
+                record.faces.append(FaceRecord(sk.face_index, list(map(float, sk.detection.box)),
+                                               sk.detection.score, sk.detection.size, "skipped", sk.reason))
             records.append(record)
-            faces_by_image.append(faces)
             all_faces.extend(faces)
+        return LocatedImages(list(images), records, all_faces)
+
+    def finish_images(self, located: LocatedImages, bank: Any = None, options: Optional[RestoreOptions] = None,
+                      progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None) -> list:
+        """The second half of restore_images: restore the located faces (batched across the
+        images) and paste them back on the restorer's device -> list[ImageResult]."""
+        options = options or RestoreOptions()
         refs = None
-        if use_refs and all_faces:
+        if located.faces and self.conditioning(bank, options).use_references:
             refs = self.reference_kv(bank, options)
-        restored = self.restore_faces(all_faces, bank, options, progress, should_cancel, refs)
+        restored = self.restore_faces(located.faces, bank, options, progress, should_cancel, refs)
         by_image: dict = {}
         for face in restored:
             by_image.setdefault(face.image_index, []).append(face)
         results = []
-        for i, pixels in enumerate(images):
-            arr, record, faces = np.asarray(pixels), records[i], by_image.get(i, [])
+        for i, pixels in enumerate(located.images):
+            arr, record, faces = np.asarray(pixels), located.records[i], by_image.get(i, [])
             self._annotate(record, faces, bank)
             t0 = time.perf_counter()
             changed = [f for f in faces if not f.info.get("kept")]
             if changed:
-                out, mask = paste_faces(arr, changed, options.paste)
+                out, mask = paste_faces(arr, changed, options.paste, device=self.device)
                 record.status = RESTORED
             else:
                 out, mask = arr, np.zeros(arr.shape[:2], np.float32)
@@ -413,6 +459,14 @@ class FaceRestorePipeline:
             record.add_time("paste", time.perf_counter() - t0)
             results.append(ImageResult(out, mask, faces, record))
         return results
+
+    def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
+                       options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
+                       should_cancel: Optional[CancelFn] = None, names: Optional[Sequence[str]] = None) -> list:
+        """Restore several images with their faces batched together -> list[ImageResult]
+        (locate_images, then finish_images)."""
+        located = self.locate_images(images, bank, options, names)
+        return self.finish_images(located, bank, options, progress, should_cancel)
 
     def _annotate(self, record: ImageRecord, faces: list, bank: Any) -> None:
         """Mark restored (or kept) faces in the record, with their restore time and identity similarity."""

@@ -1,0 +1,77 @@
+"""The CLI loop reads (and locates faces in) the next chunk and writes the previous one while a\nchunk is restored."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from restorer_core.cli.run import RunSettings, run_restore
+from restorer_core.io import imageio
+from restorer_core.io.report import RESTORED, ImageRecord
+from restorer_core.restore.pipeline import ImageResult, LocatedImages, RestoreOptions
+
+
+class SlowPipeline:
+    """Stands in for FaceRestorePipeline: faces 'located' in 0.1 s, every image 'restored'
+    (inverted) in 0.3 s, both logged with the thread they ran on."""
+
+    last_cache_info = None
+
+    def __init__(self, log):
+        self.log = log
+
+    def locate_images(self, images, bank, options, names):
+        self.log.append(("locate", names[0], threading.current_thread().name, time.perf_counter()))
+        time.sleep(0.1)
+        return LocatedImages(list(images), [ImageRecord(input=n, status=RESTORED) for n in names], [])
+
+    def finish_images(self, located, bank, options, progress, should_cancel):
+        name = located.records[0].input
+        self.log.append(("restore", name, "start", time.perf_counter()))
+        time.sleep(0.3)
+        self.log.append(("restore", name, "end", time.perf_counter()))
+        return [ImageResult(255 - im, np.zeros(im.shape[:2], np.float32), [], rec)
+                for im, rec in zip(located.images, located.records)]
+
+
+def test_reading_and_writing_overlap_the_restore(tmp_path, monkeypatch):
+    inputs = []
+    for i in range(3):
+        path = tmp_path / f"frame{i}.png"
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(path)
+        inputs.append(path)
+    log, threads = [], set()
+    load, save = imageio.load_image, imageio.save_image
+
+    def logged_load(path, *a, **k):
+        threads.add(threading.current_thread().name)
+        log.append(("load", str(path), "start", time.perf_counter()))
+        return load(path, *a, **k)
+
+    def logged_save(path, *a, **k):
+        log.append(("save", str(path), "start", time.perf_counter()))
+        return save(path, *a, **k)
+
+    monkeypatch.setattr(imageio, "load_image", logged_load)
+    monkeypatch.setattr(imageio, "save_image", logged_save)
+    settings = RunSettings(tmp_path / "out", images_per_chunk=1, show_progress=False, rotate=False, resume=False)
+    report = run_restore(inputs, SlowPipeline(log), None, RestoreOptions(), settings)
+
+    assert [im.status for im in report.images] == [RESTORED] * 3
+    for im, path in zip(report.images, inputs):
+        assert im.input == str(path)
+        written = np.asarray(Image.open(im.output))
+        assert np.array_equal(written, 255 - np.asarray(Image.open(path)))
+    when = {(kind, name, edge): t for kind, name, edge, t in log}
+    first, second = str(inputs[0]), str(inputs[1])
+    assert when[("load", second, "start")] < when[("restore", first, "end")]  # read ahead
+    saved_first = min(t for kind, name, edge, t in log if kind == "save")
+    assert saved_first < when[("restore", second, "end")]  # written while the next one restores
+    assert all(name.startswith("read") for name in threads)
+    located = {name: (thread, t) for kind, name, thread, t in log if kind == "locate"}
+    assert sorted(located) == sorted(map(str, inputs))
+    assert all(thread.startswith("read") for thread, _ in located.values())  # faces found on the reader
+    assert located[second][1] < when[("restore", first, "end")]  # ... ahead of the restore
