@@ -3,12 +3,15 @@
 # Each step is one device call; the machine keeps /tmp between calls while it stays warm.
 #   scripts/programme_v6.sh gather DIR...     append carried pieces to /tmp/d (in the order given);
 #                                             state-*.safetensors and manifest.json go to /tmp/d/state
-#   scripts/programme_v6.sh start MINUTES     install wheels, import a carried state, train detached
+#   scripts/programme_v6.sh start MINUTES     install wheels, import a carried state (the tiers that
+#                                             came back: --allow-partial), train detached
 #   scripts/programme_v6.sh wait SECONDS      follow the run's console until it ends or time is up
-#   scripts/programme_v6.sh export OUT N M    write the state; send files N..M, the manifest and the
-#                                             logs to OUT (the EMA restorer, 25 MiB, is over the 16 MiB
-#                                             a returned file may have: `training_state restorer`
-#                                             rebuilds it from the state files at home)
+#   scripts/programme_v6.sh export OUT [FROM] [COUNT] [EXTRA...]
+#                                             write the state; send COUNT (7) state files from FROM (0)
+#                                             in tier order (weights first) and meta.tgz (manifest,
+#                                             logs, EXTRA paths) to OUT: 8 returned files at most.
+#                                             The EMA restorer, 25 MiB, is over the 16 MiB a returned
+#                                             file may have: `training_state restorer` rebuilds it.
 set -euo pipefail
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 D=/tmp/d RUN=/tmp/runs/v6 STATE=/tmp/state
@@ -35,7 +38,7 @@ start)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$D"/*.whl
     mkdir -p "$RUN"
     if [ -f "$D/state/manifest.json" ] && [ ! -f "$RUN/checkpoint.pt" ]; then
-        python3 -m restorer_core.train.training_state import --state "$D/state" \
+        python3 -m restorer_core.train.training_state import --allow-partial --state "$D/state" \
             --checkpoint "$RUN/checkpoint.pt"
         init=()
     elif [ -f "$RUN/checkpoint.pt" ]; then
@@ -53,16 +56,24 @@ wait)
     tail -c 3000 "$RUN/console.txt"
     running && echo "RUNNING" || echo "ENDED" ;;
 export)
-    out=$2 first=$3 last=$4
+    out=$2 from=${3:-0} count=${4:-7}
+    shift $(($# < 4 ? $# : 4))
     if [ ! -f "$STATE/manifest.json" ]; then
         python3 -m restorer_core.train.training_state export --checkpoint "$RUN/checkpoint.pt" --out "$STATE"
     fi
     mkdir -p "$out"
-    for i in $(seq -f %02g "$first" "$last"); do
-        [ -f "$STATE/state-$i.safetensors" ] && cp "$STATE/state-$i.safetensors" "$out/"
+    names=$(python3 -c "import json,sys; [print(f['name']) for f in json.load(open(sys.argv[1]))['files']]" \
+        "$STATE/manifest.json")
+    i=0
+    for name in $names; do
+        if [ "$i" -ge "$from" ] && [ "$i" -lt $((from + count)) ]; then cp "$STATE/$name" "$out/"
+        else echo "not in this call: $name"; fi
+        i=$((i + 1))
     done
-    cp "$STATE/manifest.json" "$out/"
-    tar czf "$out/run_logs.tgz" -C "$RUN" $(cd "$RUN" && ls train_log.jsonl console.txt summary.json 2>/dev/null)
+    meta=$(mktemp -d); cp "$STATE/manifest.json" "$meta/"
+    for f in train_log.jsonl console.txt summary.json; do if [ -f "$RUN/$f" ]; then cp "$RUN/$f" "$meta/"; fi; done
+    for extra in "$@"; do cp -r "$extra" "$meta/"; done
+    tar czf "$out/meta.tgz" -C "$meta" .
     ls -l "$out" ;;
 *)
     echo "unknown step $1: gather | start | wait | export" >&2; exit 2 ;;
