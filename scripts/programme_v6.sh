@@ -6,12 +6,13 @@
 #   scripts/programme_v6.sh start MINUTES     install wheels, import a carried state (the tiers that
 #                                             came back: --allow-partial), train detached
 #   scripts/programme_v6.sh wait SECONDS      follow the run's console until it ends or time is up
-#   scripts/programme_v6.sh export OUT [FROM] [COUNT] [EXTRA...]
-#                                             write the state; send COUNT (7) state files from FROM (0)
-#                                             in tier order (weights first) and meta.tgz (manifest,
-#                                             logs, EXTRA paths) to OUT: 8 returned files at most.
-#                                             The EMA restorer, 25 MiB, is over the 16 MiB a returned
-#                                             file may have: `training_state restorer` rebuilds it.
+#   scripts/programme_v6.sh export OUT [FROM] [MAX_MIB] [EXTRA...]
+#                                             write the state; send state files from index FROM (0)
+#                                             in tier order (weights first) while they fit MAX_MIB
+#                                             (63: a call returns about 64 MiB in all), plus meta.tgz
+#                                             (manifest, logs, EXTRA paths); it prints the FROM of
+#                                             the next call. The EMA restorer (25 MiB) is rebuilt
+#                                             at home from the state (`training_state restorer`).
 set -euo pipefail
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 D=/tmp/d RUN=/tmp/runs/v6 STATE=/tmp/state
@@ -56,25 +57,32 @@ wait)
     tail -c 3000 "$RUN/console.txt"
     running && echo "RUNNING" || echo "ENDED" ;;
 export)
-    out=$2 from=${3:-0} count=${4:-7}
+    out=$2 from=${3:-0} max_mib=${4:-63}
     shift $(($# < 4 ? $# : 4))
     if [ ! -f "$STATE/manifest.json" ]; then
         python3 -m restorer_core.train.training_state export --checkpoint "$RUN/checkpoint.pt" --out "$STATE"
     fi
     mkdir -p "$out"
-    names=$(python3 -c "import json,sys; [print(f['name']) for f in json.load(open(sys.argv[1]))['files']]" \
-        "$STATE/manifest.json")
-    i=0
-    for name in $names; do
-        if [ "$i" -ge "$from" ] && [ "$i" -lt $((from + count)) ]; then cp "$STATE/$name" "$out/"
-        else echo "not in this call: $name"; fi
-        i=$((i + 1))
-    done
     meta=$(mktemp -d); cp "$STATE/manifest.json" "$meta/"
     for f in train_log.jsonl console.txt summary.json; do if [ -f "$RUN/$f" ]; then cp "$RUN/$f" "$meta/"; fi; done
     for extra in "$@"; do cp -r "$extra" "$meta/"; done
     tar czf "$out/meta.tgz" -C "$meta" .
-    ls -l "$out" ;;
+    budget=$((max_mib * 1048576 - $(stat -c %s "$out/meta.tgz")))
+    names=$(python3 -c "import json,sys; [print(f['name']) for f in json.load(open(sys.argv[1]))['files']]" \
+        "$STATE/manifest.json")
+    i=0 next=""
+    for name in $names; do
+        size=$(stat -c %s "$STATE/$name")
+        if [ "$i" -ge "$from" ] && [ -z "$next" ] && [ "$size" -le "$budget" ]; then
+            cp "$STATE/$name" "$out/"; budget=$((budget - size))
+        elif [ "$i" -ge "$from" ] && [ -z "$next" ]; then
+            next=$i
+        fi
+        i=$((i + 1))
+    done
+    ls -l "$out"
+    if [ -n "$next" ]; then echo "NEXT: export OUT $next (state files from $next did not fit $max_mib MiB)"
+    else echo "NEXT: none (every state file from $from is in $out)"; fi ;;
 *)
     echo "unknown step $1: gather | start | wait | export" >&2; exit 2 ;;
 esac
