@@ -1,6 +1,6 @@
 """Before/after figures of two restorers (v1 vs v2) on every whole image of real_lq.
 
-    python docs/make_comparison_figures.py --v1 /tmp/v1_restorer.safetensors --v2 PATH
+    python docs/make_comparison_figures.py --v1 /tmp/v1_restorer.safetensors --v2 PATH [--labels v5,v6]
 
 Every `real_lq/*/whole_imgs/*` image (the Stable Diffusion portrait first; a file that appears in
 two demo sets is shown once) is restored on CPU by both models with the library's defaults (no
@@ -80,7 +80,7 @@ def restore(pipeline, pixels: np.ndarray, strength) -> tuple:
 
 def comparison(before: Image.Image, outs: Sequence[tuple], boxes: list, labels: Sequence[str],
                style: FigureStyle) -> Image.Image:
-    """Top: input | v1 | v2 (whole, auto strength). Below: per face, tiles of every image in `outs`."""
+    """Top: input | first | second restorer (whole, auto strength). Below: per face, tiles of every image in `outs`."""
     g, top = style.gap, style.label_height
     third = (style.whole_width - 2 * g) // 3
     wholes = [before] + [o for o, _ in outs[:2]]
@@ -114,9 +114,9 @@ def comparison(before: Image.Image, outs: Sequence[tuple], boxes: list, labels: 
     return canvas
 
 
-def sources_markdown(rows: Sequence[tuple], folder: str) -> str:
+def sources_markdown(rows: Sequence[tuple], folder: str, names: Sequence[str] = ("v1", "v2")) -> str:
     lines = ["# Sources of the pictures in this folder", "",
-             "Written by `docs/make_comparison_figures.py`: the photo restored by v1 and v2 (CPU, no references, "
+             f"Written by `docs/make_comparison_figures.py`: the photo restored by {names[0]} and {names[1]} (CPU, no references, "
              "library defaults), images resized and cropped, labels added.", ""]
     if folder == "noncommercial":
         lines += ["**Non-commercial only.** These photos are CodeFormer's demo inputs under the S-Lab License 1.0 "
@@ -136,7 +136,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "images"), help="folder holding compare/ and noncommercial/")
     ap.add_argument("--only", default="", help="only photos whose path contains this text")
     ap.add_argument("--overwrite", action="store_true", help="replace existing figures")
+    ap.add_argument("--labels", default="v1,v2", help="the two restorers' names in the figures (e.g. v5,v6)")
     a = ap.parse_args(argv)
+    names = [n.strip() for n in a.labels.split(",")]
+    if len(names) != 2 or not all(names):
+        ap.error(f"--labels takes two names separated by a comma, got {a.labels!r}")
     from restorer_core.model_zoo import load_any_restorer
     from restorer_core.restore.pipeline import FaceRestorePipeline
 
@@ -159,7 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         faces = {**outs[2][1], **outs[3][1]}
         boxes = sorted(((i, b) for i, (b, _) in faces.items()), key=lambda t: t[0])
         figure = comparison(Image.fromarray(pixels), [(Image.fromarray(o), f) for o, f in outs], boxes,
-                            ("v1 auto", "v2 auto", "v1 strength 1", "v2 strength 1"), style)
+                            (f"{names[0]} auto", f"{names[1]} auto", f"{names[0]} strength 1",
+                             f"{names[1]} strength 1"), style)
         name, _, lic, folder = ORIGINS[photo.origin]
         note = (f"{Path(photo.rel_path).name} ({name} demo input, {lic}) · no references, defaults · "
                 "labels: strength used")
@@ -171,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for origin in sorted({p.origin for p, _ in items}):
             lic_name = f"LICENSE.{ORIGINS[origin][0]}.txt"
             shutil.copyfile(real_lq / lic_name, out_root / folder / lic_name)
-        write_text_atomic(out_root / folder / "SOURCES.md", sources_markdown(items, folder))
+        write_text_atomic(out_root / folder / "SOURCES.md", sources_markdown(items, folder, names))
     return 0
 
 

@@ -233,7 +233,7 @@ def test_a_real_runs_state_becomes_the_restorer_the_run_exported(tmp_path, capsy
     assert main(["restorer", "--state", str(tmp_path / "s"), "--out", str(dest)]) == 0
     got = load_restorer(dest)
     exported = load_restorer(tmp_path / "run" / "restorer.safetensors")
-    assert got.config == exported.config and got.source.info["training_state"]["step"] == 1
+    assert got.config == exported.config and got.source.info["training"]["step"] == 1
     ema = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["ema"]
     for k, v in got.state_dict().items():
         want = ema[k].float()

@@ -330,8 +330,11 @@ def main(argv=None) -> int:
                 raise StateError(f"{dest} exists; choose another name (it is never overwritten)")
             ckpt = import_state(Path(a.state), a.allow_partial)
             model = state_restorer(ckpt)
-            save_restorer(dest, model, info={"training_state": {"step": ckpt["step"],
-                                                                "elapsed_s": ckpt.get("elapsed", 0.0)}})
+            config = ckpt.get("config")
+            config = json.loads(config) if isinstance(config, str) else config
+            save_restorer(dest, model, info={"training": {"config": config, "step": ckpt["step"],
+                                                          "minutes_trained": ckpt.get("elapsed", 0.0) / 60,
+                                                          "weights": "EMA of the training state"}})
             print(f"step {ckpt['step']}: wrote the EMA restorer to {dest}")
         else:
             dest = Path(a.checkpoint)
