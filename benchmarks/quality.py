@@ -91,6 +91,7 @@ class QualityConfig:
     face_size: int = 256  # crops are Lanczos-upscaled to this before dlib
     bootstrap: int = 10000
     bootstrap_seed: int = 0
+    identity_gate: float = 0.0  # > 0: the model under test's rows run with the identity gate at this threshold
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -343,6 +344,13 @@ def restored_target(result: Any, det: Any) -> tuple:
     return 0.0, float("nan")
 
 
+def gate_options(cfg: QualityConfig, model: str) -> dict:
+    """RestoreOptions fields of the identity gate for the model under test ("v2") when --identity-gate is set."""
+    if model != "v2" or not cfg.identity_gate:
+        return {}
+    return {"identity_gate": True, "identity_gate_threshold": cfg.identity_gate}
+
+
 def run(cfg: QualityConfig) -> dict:
     from restorer_core.restore.bank import build_bank
     from restorer_core.faces.detect import create_detector
@@ -393,7 +401,7 @@ def run(cfg: QualityConfig) -> dict:
         specs += [(name, "v2", "right", k) for name, k in zip(rows[4:], cfg.ref_counts)]
         t1 = time.perf_counter()
         for row, model, bank, k in specs:
-            opts = RestoreOptions(max_refs=k, use_cache=False)
+            opts = RestoreOptions(max_refs=k, use_cache=False, **gate_options(cfg, model))
             for c in conds:
                 res = pipes[model].restore_images([inputs[c]], banks.get(bank) if bank else None, opts)[0]
                 out = np.asarray(res.pixels)
@@ -630,7 +638,8 @@ def markdown(res: dict, title: str) -> str:
         "mean Lab colours of the face centre; detected = the pipeline restored the target face; strength = "
         "what the pipeline used (auto).", "",
         f"Run: `python benchmarks/quality.py --data {cfg['data']} --v1 V1 --model V2 --targets-per-identity "
-        f"{cfg['targets_per_identity']}` on the 2-core CPU dev machine ({res['machine']['threads']} torch threads, "
+        f"{cfg['targets_per_identity']}"
+        f"{' --identity-gate ' + str(cfg['identity_gate']) if cfg.get('identity_gate') else ''}` on the 2-core CPU dev machine ({res['machine']['threads']} torch threads, "
         f"torch {res['machine']['torch']}, float32): {res['runtime_s']['total_s'] / 60:.1f} min (model rows "
         f"{res['runtime_s']['model_s']:.0f} s, metrics {res['runtime_s']['metrics_s']:.0f} s); load average "
         f"{res['machine']['load_average_end']} at the end.", "",
@@ -708,15 +717,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--scales", default="4,8,16", help="degradation scales, comma-separated")
     ap.add_argument("--no-clean", action="store_true", help="skip the clean condition")
     ap.add_argument("--no-lfw-case", action="store_true", help="skip the real_lq/lfw_references case")
+    ap.add_argument("--identity-gate", type=float, default=0.0, metavar="T",
+                    help="run the model under test with the identity gate at cosine threshold T (0: off, the default)")
     ap.add_argument("--threads", type=int, default=QualityConfig.threads, help="torch intra-op threads")
     ap.add_argument("--title", default="Quality on held-out people: v1 and the model under test (v2)")
     ap.add_argument("--write", default=None, metavar="MD",
                     help="write the markdown here and the JSON next to it (.json); never overwrites")
     a = ap.parse_args(argv)
     out = results_path(ap, a.write)
+    if not 0.0 <= a.identity_gate <= 1.0:
+        ap.error(f"--identity-gate must be a cosine threshold in (0, 1], or 0 for off; got {a.identity_gate}")
     cfg = QualityConfig(data=a.data, v1=a.v1, model=a.model, targets_per_identity=a.targets_per_identity,
                         people=a.people, scales=tuple(int(s) for s in a.scales.split(",") if s),
-                        clean=not a.no_clean, lfw_case=not a.no_lfw_case, threads=a.threads)
+                        clean=not a.no_clean, lfw_case=not a.no_lfw_case, threads=a.threads,
+                        identity_gate=a.identity_gate)
     res = run(cfg)
     md = markdown(res, a.title)
     print(md)

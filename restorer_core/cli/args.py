@@ -55,3 +55,23 @@ def check_numbers(args: argparse.Namespace) -> None:
             args.strength = check_strength(args.strength)
         except ValueError:
             raise UsageError(f"--strength must be 'auto' or a number from 0 to 1, got {args.strength!r}") from None
+    if hasattr(args, "identity_gate"):
+        args.identity_gate = parse_identity_gate(args.identity_gate)
+
+
+def parse_identity_gate(value) -> "float | None":
+    """--identity-gate: off -> None, on -> the default threshold, a number in (0, 1] -> itself;
+    UsageError saying what is allowed otherwise."""
+    from ..restore.identity_gate import DEFAULT_THRESHOLD, check_threshold
+
+    if value is None or isinstance(value, float):
+        return value
+    text = str(value).strip().lower()
+    if text == "off":
+        return None
+    if text == "on":
+        return DEFAULT_THRESHOLD
+    try:
+        return check_threshold(text)
+    except ValueError:
+        raise UsageError(f"--identity-gate must be off, on or a cosine threshold in (0, 1], got {value!r}") from None

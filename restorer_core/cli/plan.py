@@ -33,6 +33,11 @@ class RestorePlan:
     images_per_chunk: int
 
 
+
+def gate_fields(threshold) -> dict:
+    """RestoreOptions fields for --identity-gate (already parsed by cli.args: None = off)."""
+    return {} if threshold is None else {"identity_gate": True, "identity_gate_threshold": threshold}
+
 def validate(args: argparse.Namespace) -> RestorePlan:
     """Step 1: every check that needs no model. Raises UsageError; writes nothing."""
     from ..io.outputs import check_folder_writable, settings_digest
@@ -61,7 +66,8 @@ def validate(args: argparse.Namespace) -> RestorePlan:
                                  seed=args.seed, strength=args.strength, paste=paste, selection=selection,
                                  detector=args.detector, detector_model=args.detector_model,
                                  crop_size=args.crop_size, detail_transfer=args.detail_transfer,
-                                 cache_dir=args.cache_dir, use_cache=not args.no_cache)
+                                 cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                                 **gate_fields(getattr(args, "identity_gate", None)))
         if args.video:
             from ..faces.temporal import LandmarkSmoother
 

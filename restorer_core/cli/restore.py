@@ -189,6 +189,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                         "kept exactly as they are, blurred, grainy or small ones fully restored; the report "
                         "lists each face's strength, and kept faces as 'kept'); or a number: 0 keeps the "
                         "input face, 1 the restored one")
+    r.add_argument("--identity-gate", default="off", metavar="off|on|T",
+                   help="without references, lower a face's strength where the restored face drifts from the "
+                        "input's identity (the pack's embedder: cosine below T, 'on' = the tuned default); off "
+                        "(default): the measured held-out gain is not there yet (README, Benchmarks). Does "
+                        "nothing with references")
     r.add_argument("--crop-size", type=int, default=None,
                    help="aligned crop size (default: max(model resolution, 512))")
     r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",

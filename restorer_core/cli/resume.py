@@ -23,6 +23,8 @@ def pixel_settings(args: argparse.Namespace) -> dict:
     values = {k: getattr(args, k, None) for k in _PIXEL_SETTINGS}
     model = DEFAULT_MODEL_PATH if str(args.model or "").strip().lower() in ("", "default") else args.model
     values.update(model=file_identity(model), base=file_identity(args.base), refs=file_identity(args.refs))
+    if getattr(args, "identity_gate", None) is not None:  # only when on, so older outputs still resume
+        values["identity_gate"] = args.identity_gate
     return values
 
 

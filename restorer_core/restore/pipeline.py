@@ -20,6 +20,7 @@ import torch
 
 from .conditioning import Capabilities, Conditioning, decide
 from .detail import AUTO, check_strength, face_strength, kept_reason
+from .identity_gate import DEFAULT_THRESHOLD, check_threshold, gate_applies, gate_strengths
 from ..errors import CancelledError
 from ..options import SPEEDS
 from ..faces import warp_torch
@@ -58,6 +59,10 @@ class RestoreOptions:
     strength "auto" each tracked face's strength follows its track (temporal.StrengthSmoothing) so
     that it does not flip between kept and restored (the smoother keeps its state between calls,
     so frames may come in chunks).
+    identity_gate: without references, pull a face's strength back where the restored face drifts
+    from the input's identity (restorer_core.restore.identity_gate; the pack's embedder, cosine below
+    identity_gate_threshold); off by default (see the docs for the measurements). Does nothing with
+    references.
     """
 
     mode: str = "auto"
@@ -74,8 +79,11 @@ class RestoreOptions:
     cache_dir: Optional[str] = None
     use_cache: bool = True
     temporal: Optional[Any] = None
+    identity_gate: bool = False
+    identity_gate_threshold: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
+        self.identity_gate_threshold = check_threshold(self.identity_gate_threshold)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         self.strength = check_strength(self.strength)
@@ -210,6 +218,20 @@ class FaceRestorePipeline:
         self._detect_lock = threading.RLock()  # detectors are not thread-safe; see locate_images
         self.references = ReferenceCache()
         self.scorer = IdentityScorer(identity) if identity is not None else None
+        self._gate_embedder: Any = identity
+
+    def gate_embedder(self) -> Any:
+        """The embedder the identity gate measures with: the pipeline's identity network, else the
+        shipped embedder (loaded once); None when neither is available."""
+        if self._gate_embedder is None:
+            from ..errors import ModelNotFoundError
+            from ..faces.identity import load_identity_embedder
+
+            try:
+                self._gate_embedder = load_identity_embedder(device=self.device)
+            except ModelNotFoundError:
+                return None
+        return self._gate_embedder
 
     @property
     def device(self) -> torch.device:
@@ -330,7 +352,7 @@ class FaceRestorePipeline:
             if follow is not None:  # frames of a clip: each track's automatic strength over time
                 decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
-            outputs = {}
+            outputs, gates = {}, {}
             if work:
                 crops = {k: crop_tensor(chunk[k], self.device) for k in work}
                 x = [warp_torch.resize_square(crops[k], res) for k in work]
@@ -340,11 +362,17 @@ class FaceRestorePipeline:
                 with torch.inference_mode():
                     y = self.runner(x, refs, options.mode, generator=generators)[:len(work)]
                 y = y.float().clamp(0.0, 1.0)
+                gated = self._gate(x[:len(work)].float(), y, [decided[k][0] for k in work], cond, options)
+                for i, k in enumerate(work):
+                    if gated[i] is not None:
+                        decided[k] = (gated[i].strength, decided[k][1])
+                        gates[k] = gated[i]
                 outputs = {k: self._finish(y[i], crops[k], decided[k][0], options) for i, k in enumerate(work)}
             share = (time.perf_counter() - t0) / len(chunk)
             for k, face in enumerate(chunk):
                 strength, estimate = decided[k]
-                kept = kept_reason(strength, estimate)
+                gate = gates.get(k)
+                kept = kept_reason(strength, estimate) if gate is None or strength > 0 else gate.reason
                 # strength 0: the input face exactly, no restorer pass
                 restored = face.crop.astype(np.float32) if kept else outputs[k]
                 new = face.with_restored(restored)
@@ -352,6 +380,10 @@ class FaceRestorePipeline:
                 new.info["strength"] = strength
                 if kept:
                     new.info["kept"] = kept
+                if gate is not None:
+                    new.info["identity_gate"] = gate.to_dict()
+                    if gate.reason:
+                        new.info["lowered_reason"] = gate.reason
                 if estimate is not None:
                     new.info["detail"] = estimate.to_dict()
                 new.info["restore_seconds"] = share
@@ -360,6 +392,15 @@ class FaceRestorePipeline:
             if progress is not None:
                 progress(done, total)
         return out
+
+    def _gate(self, x: torch.Tensor, y: torch.Tensor, strengths: list, cond: Conditioning,
+              options: RestoreOptions) -> list:
+        """GateDecision per worked face (None each when the gate does not apply: off, references,
+        no embedder); the policy is restorer_core.restore.identity_gate's."""
+        embedder = self.gate_embedder() if options.identity_gate and not cond.use_references else None
+        if not gate_applies(options.identity_gate, cond.use_references, embedder):
+            return [None] * len(strengths)
+        return gate_strengths(embedder, x, y, strengths, options.identity_gate_threshold)
 
     def _strength(self, face: AlignedFace, options: RestoreOptions) -> tuple:
         """(strength, DetailEstimate or None) of a face (detail.face_strength): for "auto", the
@@ -476,7 +517,7 @@ class FaceRestorePipeline:
         for k, face in enumerate(faces):
             rec = by_index[face.face_index]
             kept = face.info.get("kept", "")
-            rec.status, rec.reason = (KEPT, kept) if kept else ("restored", "")
+            rec.status, rec.reason = (KEPT, kept) if kept else ("restored", face.info.get("lowered_reason", ""))
             rec.strength = face.info.get("strength")
             record.add_time("restore", face.info.get("restore_seconds", 0.0))
             if after is not None:

@@ -1,0 +1,91 @@
+"""Identity gate: without references, a restored face must keep the identity of its input.
+
+Without references the restorer can only guess a blurred face's identity, and it sometimes moves
+the face towards another person. The gate needs no ground truth: it embeds the input face and
+the restored face blended at a few fractions of the face's strength with the pack's own identity
+embedder (restorer_core.faces.identity), and keeps the largest fraction whose cosine to the
+input's embedding stays at or above `threshold` (none: the input face, strength 0). A restored
+face that keeps its input's identity is left at its strength. With references the gate does
+nothing: the references, not the input, say who the person is.
+
+The threshold was tuned on training-split people with the pack's embedder
+(benchmarks/identity_gate_tune.py); benchmarks/quality.py checks it on held-out people with dlib.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_THRESHOLD = 0.6  # the largest threshold costing <= 0.01 of the pack embedder's x8 similarity (training people)
+FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # of the face's strength, tried largest first; 0 is the fallback
+
+
+def check_threshold(value: float) -> float:
+    """A gate threshold (a cosine, 0 < t <= 1); ValueError saying what is allowed otherwise."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the identity gate threshold must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < t <= 1.0:
+        raise ValueError(f"the identity gate threshold must be in (0, 1], got {t}")
+    return t
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """One face: the strength to use, the cosine of the full-strength restore to the input, the
+    cosine at the chosen strength, and why the strength was lowered ("" when it was not)."""
+
+    strength: float
+    cosine_full: float
+    cosine_chosen: float
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"cosine_full": round(self.cosine_full, 4), "cosine_chosen": round(self.cosine_chosen, 4),
+                "lowered": bool(self.reason)}
+
+
+def _embed(embedder, images: torch.Tensor) -> np.ndarray:
+    """Unit embeddings [N, D] of [N, 3, R, R] crops in 0..1 (any embedder embed_faces takes)."""
+    from ..faces.identity import embed_faces
+
+    hwc = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    emb = embed_faces(embedder, hwc)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def gate_strengths(embedder, inputs: torch.Tensor, outputs: torch.Tensor, strengths: Sequence[float],
+                   threshold: float = DEFAULT_THRESHOLD, fractions: Sequence[float] = FRACTIONS) -> list:
+    """GateDecision per face for inputs / restorer outputs [N, 3, R, R] (0..1, the restorer's
+    resolution) and each face's strength (> 0)."""
+    n = len(strengths)
+    if n == 0:
+        return []
+    x, y = inputs.float(), outputs.float()
+    s = torch.tensor([float(v) for v in strengths], dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
+    ref = _embed(embedder, x)
+    cos = np.stack([(_embed(embedder, x + (f * s) * (y - x)) * ref).sum(1) for f in fractions], axis=1)
+    out = []
+    for i in range(n):
+        ok = [j for j in range(len(fractions)) if cos[i, j] >= threshold]
+        j = ok[0] if ok else None
+        full = float(cos[i, 0])
+        if j == 0:
+            out.append(GateDecision(float(strengths[i]), full, full))
+            continue
+        chosen = float(strengths[i]) * (fractions[j] if j is not None else 0.0)
+        at = float(cos[i, j]) if j is not None else 1.0
+        reason = (f"identity gate: without references the restored face drifted from the input's identity "
+                  f"(cosine {full:.2f} < {threshold:.2f}); strength {float(strengths[i]):.2f} -> {chosen:.2f}")
+        out.append(GateDecision(chosen, full, at, reason))
+    return out
+
+
+def gate_applies(enabled: bool, use_references: bool, embedder: Optional[object]) -> bool:
+    """The policy in one place: on, without references, with an embedder to measure identity."""
+    return bool(enabled) and not use_references and embedder is not None
