@@ -344,18 +344,12 @@ def restored_target(result: Any, det: Any) -> tuple:
     return 0.0, float("nan")
 
 
-def gate_options(cfg: QualityConfig, model: str) -> dict:
-    """RestoreOptions fields of the identity gate for the model under test ("v2") when --identity-gate is set."""
-    if model != "v2" or not cfg.identity_gate:
-        return {}
-    return {"identity_gate": True, "identity_gate_threshold": cfg.identity_gate}
-
-
 def run(cfg: QualityConfig) -> dict:
     from restorer_core.restore.bank import build_bank
     from restorer_core.faces.detect import create_detector
     from restorer_core.errors import BankError
     from restorer_core.model_zoo import describe_model, load_any_restorer
+    from restorer_core.restore.identity_gate import option_fields
     from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 
     t0 = time.perf_counter()
@@ -401,7 +395,8 @@ def run(cfg: QualityConfig) -> dict:
         specs += [(name, "v2", "right", k) for name, k in zip(rows[4:], cfg.ref_counts)]
         t1 = time.perf_counter()
         for row, model, bank, k in specs:
-            opts = RestoreOptions(max_refs=k, use_cache=False, **gate_options(cfg, model))
+            gate = cfg.identity_gate if model == "v2" and cfg.identity_gate else None  # the model under test only
+            opts = RestoreOptions(max_refs=k, use_cache=False, **option_fields(gate))
             for c in conds:
                 res = pipes[model].restore_images([inputs[c]], banks.get(bank) if bank else None, opts)[0]
                 out = np.asarray(res.pixels)

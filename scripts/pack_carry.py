@@ -69,11 +69,11 @@ def plan(files: Sequence[Tuple[Path, int]], capacity: int) -> List[Piece]:
         while offset < size:
             if free <= 0:
                 folder, free = folder + 1, capacity
+            if part == 26:
+                raise ValueError(f"{path} needs more than 26 parts")
             n = min(free, size - offset)
             pieces.append(Piece(folder, path, f"{path.name}.part-a{chr(ord('a') + part)}", offset, n))
             offset, free, part = offset + n, free - n, part + 1
-            if part > 25:
-                raise ValueError(f"{path} needs more than 26 parts")
     return pieces
 
 

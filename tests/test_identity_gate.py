@@ -131,3 +131,22 @@ def test_bad_thresholds_are_refused_with_a_clear_message():
     with pytest.raises(UsageError, match="off, on or a cosine threshold"):
         parse_identity_gate("sometimes")
     assert parse_identity_gate("off") is None and parse_identity_gate("0.7") == 0.7
+
+
+def test_cli_flag_reaches_the_restore_options(tmp_path):
+    from restorer_core.cli.app import build_parser
+    from restorer_core.cli.args import check_numbers
+    from restorer_core.cli.plan import validate
+
+    image = tmp_path / "in.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
+    plans = {}
+    for flag in ("off", "on", "0.7"):
+        args = build_parser().parse_args(["restore", str(image), "--out", str(tmp_path / flag), "--identity-gate", flag])
+        check_numbers(args)
+        plans[flag] = validate(args).options
+    assert plans["off"].identity_gate is False
+    assert plans["on"].identity_gate is True and plans["on"].identity_gate_threshold == 0.6
+    assert plans["0.7"].identity_gate is True and plans["0.7"].identity_gate_threshold == 0.7

@@ -14,6 +14,7 @@ from .usage import UsageError
 
 if TYPE_CHECKING:
     from ..faces.select import FaceSelection
+    from ..restore.identity_gate import option_fields
     from ..restore.pipeline import RestoreOptions
 
 
@@ -33,15 +34,11 @@ class RestorePlan:
     images_per_chunk: int
 
 
-
-def gate_fields(threshold) -> dict:
-    """RestoreOptions fields for --identity-gate (already parsed by cli.args: None = off)."""
-    return {} if threshold is None else {"identity_gate": True, "identity_gate_threshold": threshold}
-
 def validate(args: argparse.Namespace) -> RestorePlan:
     """Step 1: every check that needs no model. Raises UsageError; writes nothing."""
     from ..io.outputs import check_folder_writable, settings_digest
     from ..restore.paste import PasteConfig
+    from ..restore.identity_gate import option_fields
     from ..restore.pipeline import RestoreOptions
 
     out_dir = Path(args.out)
@@ -67,7 +64,7 @@ def validate(args: argparse.Namespace) -> RestorePlan:
                                  detector=args.detector, detector_model=args.detector_model,
                                  crop_size=args.crop_size, detail_transfer=args.detail_transfer,
                                  cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                                 **gate_fields(getattr(args, "identity_gate", None)))
+                                 **option_fields(getattr(args, "identity_gate", None)))
         if args.video:
             from ..faces.temporal import LandmarkSmoother
 

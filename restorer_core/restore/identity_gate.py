@@ -86,6 +86,11 @@ def gate_strengths(embedder, inputs: torch.Tensor, outputs: torch.Tensor, streng
     return out
 
 
+def option_fields(threshold: Optional[float]) -> dict:
+    """RestoreOptions fields for a gate threshold (None: off), as the CLI and benchmarks set it."""
+    return {} if threshold is None else {"identity_gate": True, "identity_gate_threshold": threshold}
+
+
 def gate_applies(enabled: bool, use_references: bool, embedder: Optional[object]) -> bool:
     """The policy in one place: on, without references, with an embedder to measure identity."""
     return bool(enabled) and not use_references and embedder is not None
