@@ -13,7 +13,9 @@
 #                                             each run's last validation; when all ended, name the
 #                                             best (x8 refs4 id + x8 no refs id) in /tmp/runs/best
 #                                             and, with OUT, export it (as `export OUT`)
-#   scripts/programme_v6.sh ema OUT NAME...   the EMA restorers of runs v6-NAME as project files
+#   scripts/programme_v6.sh ema OUT NAME...   the EMA restorers of runs v6-NAME as project files, in
+#                                             parts of 15 MiB (a call returns files of <= 16 MiB, about
+#                                             64 MiB in all): at home `cat ema_NAME.safetensors.part-* >F`
 #   scripts/programme_v6.sh export OUT [FROM] [MAX_MIB] [EXTRA...]
 #                                             write the state; send state files from index FROM (0)
 #                                             in tier order (weights first) while they fit MAX_MIB
@@ -131,6 +133,9 @@ ema)
         [ -f "$dir/state/manifest.json" ] || python3 -m restorer_core.train.training_state export \
             --checkpoint "$dir/checkpoint.pt" --out "$dir/state"
         python3 -m restorer_core.train.training_state restorer --state "$dir/state" --out "$out/ema_$name.safetensors"
+        # a call returns files of at most 16 MiB: the 25 MiB EMA travels in parts (cat them at home)
+        (cd "$out" && sha256sum "ema_$name.safetensors" >"ema_$name.sha256" &&
+            split -b 15M "ema_$name.safetensors" "ema_$name.safetensors.part-" && rm "ema_$name.safetensors")
     done
     ls -l "$out" ;;
 export)

@@ -75,3 +75,50 @@ def test_reading_and_writing_overlap_the_restore(tmp_path, monkeypatch):
     assert sorted(located) == sorted(map(str, inputs))
     assert all(thread.startswith("read") for thread, _ in located.values())  # faces found on the reader
     assert located[second][1] < when[("restore", first, "end")]  # ... ahead of the restore
+
+
+def test_files_of_a_chunk_are_read_and_written_side_by_side_in_order(tmp_path, monkeypatch):
+    """On a machine with cores to spare (cpu_workers > 1) a chunk's files are decoded and encoded
+    on several threads at once; the report still lists them in input order, and one unreadable
+    file is one failed line."""
+    import restorer_core.cli.run as run_mod
+    from restorer_core.io.report import FAILED
+
+    monkeypatch.setattr(run_mod, "cpu_workers", lambda items: min(items, 4))
+    inputs = []
+    for i in range(6):
+        path = tmp_path / f"frame{i}.png"
+        if i == 2:
+            path.write_bytes(b"not a png")
+        else:
+            Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(path)
+        inputs.append(path)
+    busy, peak, lock, names = [0], [0], threading.Lock(), set()
+    load, save = imageio.load_image, imageio.save_image
+
+    def counted(fn):
+        def call(path, *a, **k):
+            with lock:
+                busy[0] += 1
+                peak[0] = max(peak[0], busy[0])
+                names.add(threading.current_thread().name)
+            try:
+                time.sleep(0.05)
+                return fn(path, *a, **k)
+            finally:
+                with lock:
+                    busy[0] -= 1
+        return call
+
+    monkeypatch.setattr(imageio, "load_image", counted(load))
+    monkeypatch.setattr(imageio, "save_image", counted(save))
+    settings = RunSettings(tmp_path / "out", images_per_chunk=4, show_progress=False, rotate=False, resume=False)
+    report = run_restore(inputs, SlowPipeline([]), None, RestoreOptions(), settings)
+
+    assert [im.input for im in report.images] == [str(p) for p in inputs]
+    assert [im.status for im in report.images] == [RESTORED, RESTORED, FAILED, RESTORED, RESTORED, RESTORED]
+    assert report.images[2].error
+    for im, path in zip(report.images, inputs):
+        if im.status == RESTORED:
+            assert np.array_equal(np.asarray(Image.open(im.output)), 255 - np.asarray(Image.open(path)))
+    assert peak[0] >= 2 and all(n.startswith("files") for n in names)

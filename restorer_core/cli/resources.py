@@ -120,7 +120,7 @@ def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -
         if problem:
             report.note(f"{problem}: the compiled code is not saved, each run compiles again "
                         "(--compile-cache DIR to choose one)")
-    pipeline.add_detector(plan.options, detector)
+    pipeline.add_detector(plan.options, detector, factory=lambda: create_detector(args.detector, args.detector_model))
     _check_conditioning(pipeline, bank, plan.options, report)
     report.model = describe_model(restorer)
     if bank is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..errors import CancelledError
+from ..threads import cpu_workers
 from ..io.atomic import remove_stale_temp_files
 from ..io.outputs import PreviousOutputs, file_sha256, find_done_output, is_output_of, output_marker
 from ..io.report import CANCELLED, DONE, FAILED, ImageRecord, RunReport
@@ -81,6 +82,7 @@ class _Run:
         self.previous = PreviousOutputs.read(settings.out_dir)
         self.bar_images, self.bar_faces = _progress_bars(len(inputs), settings.show_progress)
         self.faces_before = 0
+        self.io: Optional[ThreadPoolExecutor] = None  # threads that read and write files side by side
 
     def on_progress(self, done: int, total: int) -> None:
         self.bar_faces.total = self.faces_before + total
@@ -100,27 +102,40 @@ class _Run:
 
     def load(self, chunk: Sequence[Path]) -> list:
         """The chunk's images to restore, as (image, sha256, load seconds); inputs done by an
-        earlier run are recorded "done", unreadable ones "failed"."""
+        earlier run are recorded "done", unreadable ones "failed" (files read side by side on
+        self.io, recorded in input order)."""
+        loaded = []
+        for path, sha, earlier, item, exc in self.map_io(self._load_one, chunk):
+            if exc is not None:
+                self.fail(path, exc, sha)
+            elif earlier is not None:
+                self.report.images.append(ImageRecord(
+                    str(path), output=str(earlier), status=DONE, input_sha256=sha,
+                    note="restored by an earlier run with the same settings; kept (--force redoes it)"))
+                self.bar_images.update(1)
+            else:
+                loaded.append(item)
+        return loaded
+
+    def _load_one(self, path: Path) -> tuple:
+        """(path, sha256, earlier output or None, (image, sha, seconds) or None, error or None)."""
         from ..io.imageio import load_image
 
-        loaded = []
-        for path in chunk:
-            sha = ""
-            try:
-                t0 = time.perf_counter()
-                sha = file_sha256(path)
-                earlier = self.done_before(path, sha)
-                if earlier is not None:
-                    self.report.images.append(ImageRecord(
-                        str(path), output=str(earlier), status=DONE, input_sha256=sha,
-                        note="restored by an earlier run with the same settings; kept (--force redoes it)"))
-                    self.bar_images.update(1)
-                    continue
-                image = load_image(path)
-                loaded.append((image, sha, time.perf_counter() - t0))
-            except Exception as exc:  # noqa: BLE001 - one bad file is one failed line
-                self.fail(path, exc, sha)
-        return loaded
+        sha = ""
+        try:
+            t0 = time.perf_counter()
+            sha = file_sha256(path)
+            earlier = self.done_before(path, sha)
+            if earlier is not None:
+                return path, sha, earlier, None, None
+            image = load_image(path)
+            return path, sha, None, (image, sha, time.perf_counter() - t0), None
+        except Exception as exc:  # noqa: BLE001 - one bad file is one failed line
+            return path, sha, None, None, exc
+
+    def map_io(self, fn, items) -> list:
+        """[fn(x) for x in items] on the run's file threads (self.io), in order."""
+        return list(self.io.map(fn, items)) if self.io is not None else [fn(x) for x in items]
 
     def read(self, chunk: Sequence[Path]) -> tuple:
         """(loaded, located): the chunk loaded, and its faces found and aligned
@@ -180,34 +195,41 @@ class _Run:
         return groups, results
 
     def save(self, groups: list, results: list) -> None:
-        """Write each restored image (and its face crops) and record it in the report."""
+        """Write each restored image (and its face crops), side by side on self.io, and record
+        them in the report in input order."""
+        items = [(item, result) for group, group_results in zip(groups, results)
+                 for item, result in zip(group, group_results)]
+        for record in self.map_io(self._save_one, items):
+            self.report.images.append(record)
+            self.bar_images.update(1)
+
+    def _save_one(self, item_result: tuple) -> ImageRecord:
+        """Write one result under a free name (never over a file) -> its record (failed, with
+        the error, when writing failed)."""
         settings, digest = self.settings, self.digest
-        for group, group_results in zip(groups, results):
-            for (image, sha, load_s), result in zip(group, group_results):
-                record = result.record
-                record.input_sha256 = sha
-                record.add_time("load", load_s)
-                try:
-                    t0 = time.perf_counter()
-                    earlier = self.done_before(image.path, sha)  # a run beside this one finished it
-                    if earlier is not None:
-                        record.status, record.output = DONE, str(earlier)
-                        record.note = "written meanwhile by another run with the same settings; kept"
-                    else:
-                        marker = output_marker(image.path, sha, digest)
-                        same = (lambda p, path=image.path, sha=sha: settings.resume
-                                and is_output_of(p, path, sha, digest))
-                        record.output = str(save_result(result, image, settings, marker, same))
-                        if settings.save_faces and result.faces:
-                            record.saved_faces = save_face_crops(result, image.path,
-                                                                 settings.out_dir / "faces", marker)
-                    record.add_time("save", time.perf_counter() - t0)
-                except Exception as exc:  # noqa: BLE001
-                    if settings.debug:
-                        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-                    record.status, record.error = FAILED, _error_text(exc)
-                self.report.images.append(record)
-                self.bar_images.update(1)
+        (image, sha, load_s), result = item_result
+        record = result.record
+        record.input_sha256 = sha
+        record.add_time("load", load_s)
+        try:
+            t0 = time.perf_counter()
+            earlier = self.done_before(image.path, sha)  # a run beside this one finished it
+            if earlier is not None:
+                record.status, record.output = DONE, str(earlier)
+                record.note = "written meanwhile by another run with the same settings; kept"
+            else:
+                marker = output_marker(image.path, sha, digest)
+                same = (lambda p, path=image.path, sha=sha: settings.resume
+                        and is_output_of(p, path, sha, digest))
+                record.output = str(save_result(result, image, settings, marker, same))
+                if settings.save_faces and result.faces:
+                    record.saved_faces = save_face_crops(result, image.path, settings.out_dir / "faces", marker)
+            record.add_time("save", time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001
+            if settings.debug:
+                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            record.status, record.error = FAILED, _error_text(exc)
+        return record
 
     def record_cancelled(self) -> None:
         """Every input without a record yet is "cancelled"."""
@@ -250,7 +272,9 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
     chunks = [pending[i:i + settings.images_per_chunk] for i in range(0, len(pending), settings.images_per_chunk)]
     try:
         with warnings_into(run.report), ThreadPoolExecutor(1, "read") as reader, \
-                ThreadPoolExecutor(1, "write") as writer:
+                ThreadPoolExecutor(1, "write") as writer, \
+                ThreadPoolExecutor(cpu_workers(settings.images_per_chunk), "files") as files:
+            run.io = files if files._max_workers > 1 else None
             _overlapped(run, chunks, reader, writer)
     except (CancelledError, KeyboardInterrupt):
         run.record_cancelled()

@@ -23,6 +23,7 @@ from .detail import AUTO, check_strength, face_strength, kept_reason
 from .identity_gate import DEFAULT_THRESHOLD, check_threshold, gate_applies, gate_strengths
 from ..errors import CancelledError
 from ..options import SPEEDS
+from ..threads import ThreadMap
 from ..faces import warp_torch
 from ..faces.records import AlignedFace
 from ..faces.identity import IdentityScorer
@@ -208,14 +209,16 @@ class FaceRestorePipeline:
 
     def __init__(self, restorer: "OneStepRestorer", device: Any = None, dtype: Optional[torch.dtype] = None,
                  identity: Optional["IdentityEmbedder"] = None, speed: Any = "auto", run_device: Any = None,
-                 compile_cache: Any = None):
+                 compile_cache: Any = None, cpu_workers: Optional[int] = None):
         if device is not None or dtype is not None:
             restorer = restorer.to(device=device, dtype=dtype)
         self.restorer = restorer.eval()
         self.runner = make_runner(self.restorer, speed, run_device, compile_cache)
         self.identity = identity
-        self._detectors: dict = {}
-        self._detect_lock = threading.RLock()  # detectors are not thread-safe; see locate_images
+        self._detectors: dict = {}  # (detector, model) -> a detector, or a DetectorPool (one per thread)
+        self._detect_lock = threading.RLock()  # a single detector is not thread-safe; see locate_images
+        self.cpu_workers = cpu_workers  # threads locating images side by side (None: restorer_core.threads.cpu_workers)
+        self._threads = ThreadMap("locate")  # long-lived threads: each keeps its own detector
         self.references = ReferenceCache()
         self.scorer = IdentityScorer(identity) if identity is not None else None
         self._gate_embedder: Any = identity
@@ -259,19 +262,34 @@ class FaceRestorePipeline:
         return max(faces, options.batch_size) if getattr(self.runner, "compiles", False) else faces
 
     # ----------------------------------------------------------------------------- helpers
-    def add_detector(self, options: RestoreOptions, detector: Any) -> None:
-        """Use an already created detector for options.detector / options.detector_model."""
-        self._detectors[(options.detector, options.detector_model)] = detector
+    def add_detector(self, options: RestoreOptions, detector: Any, factory: Optional[Callable[[], Any]] = None) -> None:
+        """Use an already created detector for options.detector / options.detector_model; with
+        `factory` (makes another like it) each locating thread gets its own, so images are
+        located side by side; without, they are located one at a time with `detector`."""
+        from ..faces.detect.pool import DetectorPool
+
+        key = (options.detector, options.detector_model)
+        self._detectors[key] = DetectorPool(factory, first=detector) if factory is not None else detector
 
     def detector(self, options: RestoreOptions) -> Any:
-        """The detector the options name: one given to add_detector, else the process-wide one
-        (restorer_core.faces.detect.cached_detector)."""
-        key = (options.detector, options.detector_model)
-        if key in self._detectors:
-            return self._detectors[key]
+        """The detector for the options: one given to add_detector, else the process-wide one
+        (restorer_core.faces.detect.cached_detector, a DetectorPool: one instance per thread)."""
         from ..faces.detect import cached_detector
 
-        return cached_detector(options.detector, options.detector_model)
+        key = (options.detector, options.detector_model)
+        if key not in self._detectors:
+            self._detectors[key] = cached_detector(options.detector, options.detector_model)
+        return self._detectors[key]
+
+    def locate_workers(self, images: int, options: RestoreOptions) -> int:
+        """Threads to locate `images` images with: 1 where the detector is a single object (given
+        without a factory) or selection "similar" runs the identity network per face, else
+        self.cpu_workers (None: restorer_core.threads.cpu_workers decides)."""
+        from ..threads import cpu_workers
+
+        if images < 2 or options.selection.mode == "similar" or not getattr(self.detector(options), "thread_safe", False):
+            return 1
+        return max(1, min(images, self.cpu_workers)) if self.cpu_workers else cpu_workers(images)
 
     def crop_size(self, options: RestoreOptions) -> int:
         """Faces are cut at >= 512 px so that paste-back (and detail transfer) keep large faces sharp."""
@@ -438,25 +456,41 @@ class FaceRestorePipeline:
                       names: Optional[Sequence[str]] = None) -> LocatedImages:
         """The first half of restore_images: every image's faces found, selected and aligned, and
         with strength "auto" their detail measured (CPU work a caller may do ahead, on another
-        thread, while the restorer works on earlier images; detection is serialised, so two
-        threads may call this). ValueError for a mode that cannot work, before any detection."""
+        thread, while the restorer works on earlier images). The images are located side by side
+        on locate_workers threads, each with its own detector; faces tracked over frames
+        (options.temporal) are realigned in frame order after. Two threads may call this.
+        record time "detect_align" is each image's own work (side-by-side images overlap).
+        ValueError for a mode that cannot work, before any detection."""
         options = options or RestoreOptions()
         self.conditioning(bank, options)
+        arrays = [np.asarray(p) for p in images]
+        workers = self.locate_workers(len(arrays), options)
+        measure_now = options.strength == AUTO and options.temporal is None
+
+        def one(i: int) -> tuple:
+            t0 = time.perf_counter()
+            faces, skipped = self.locate(arrays[i], options, i, bank)
+            if measure_now:
+                self._measure_ahead(faces)
+            return faces, skipped, time.perf_counter() - t0
+
+        if workers > 1:
+            found = self._threads.map(one, range(len(arrays)), workers)
+        else:
+            with self._detect_lock:
+                found = [one(i) for i in range(len(arrays))]
         records, all_faces = [], []
-        for i, pixels in enumerate(images):
-            arr = np.asarray(pixels)
+        for i, (arr, (faces, skipped, seconds)) in enumerate(zip(arrays, found)):
             name = names[i] if names is not None else f"image[{i}]"
             record = ImageRecord(input=name, width=int(arr.shape[1]), height=int(arr.shape[0]))
             t0 = time.perf_counter()
-            with self._detect_lock:
-                faces, skipped = self.locate(arr, options, i, bank)
-                if options.temporal is not None:
-                    pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+            if options.temporal is not None:  # in frame order: the smoother follows tracks over frames
+                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+                with self._detect_lock:
                     faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
-            if options.strength == AUTO:  # measured here, off the restorer's thread when called ahead
-                for f in faces:
-                    f.info[MEASURED_AHEAD] = (self.resolution, face_strength(AUTO, f.crop, f.matrix, self.resolution))
-            record.add_time("detect_align", time.perf_counter() - t0)
+                if options.strength == AUTO:
+                    self._measure_ahead(faces)
+            record.add_time("detect_align", seconds + time.perf_counter() - t0)
             for f in faces:
                 record.faces.append(FaceRecord(f.face_index, list(map(float, f.box)), f.score,
                                                f.detection.size, similarity_before=f.info.get("similarity")))
@@ -466,6 +500,12 @@ class FaceRestorePipeline:
             records.append(record)
             all_faces.extend(faces)
         return LocatedImages(list(images), records, all_faces)
+
+    def _measure_ahead(self, faces: Sequence[AlignedFace]) -> None:
+        """The automatic strength's detail estimate of each face, stored for restore_faces (CPU
+        work done while locating, off the restorer's thread)."""
+        for f in faces:
+            f.info[MEASURED_AHEAD] = (self.resolution, face_strength(AUTO, f.crop, f.matrix, self.resolution))
 
     def finish_images(self, located: LocatedImages, bank: Any = None, options: Optional[RestoreOptions] = None,
                       progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None) -> list:

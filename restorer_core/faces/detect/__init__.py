@@ -8,6 +8,7 @@ image-left mouth corner, image-right mouth corner.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Optional, Union
 
@@ -86,15 +87,22 @@ def create_detector(
 
 
 _CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def cached_detector(name: str = "yunet", model_path: Optional[Union[str, Path]] = None,
                     score_threshold: Optional[float] = None) -> FaceDetector:
     """create_detector, made once per (backend, weights file, threshold) per process and then
-    reused: ONNX sessions are slow to create. Detectors keep no state between images."""
+    reused (ONNX sessions are slow to create), as a DetectorPool: safe to call from several
+    threads at once, each thread detecting with its own instance. Detectors keep no state
+    between images."""
+    from .pool import DetectorPool
+
     path = str(Path(model_path).resolve()) if model_path not in (None, "") else None
     threshold = None if score_threshold is None else round(float(score_threshold), 4)
     key = (name.strip().lower(), path, threshold)
-    if key not in _CACHE:
-        _CACHE[key] = create_detector(name, path, score_threshold=threshold)
-    return _CACHE[key]
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            first = create_detector(name, path, score_threshold=threshold)  # errors here, in the caller
+            _CACHE[key] = DetectorPool(lambda: create_detector(name, path, score_threshold=threshold), first=first)
+        return _CACHE[key]
