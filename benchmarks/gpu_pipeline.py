@@ -356,8 +356,11 @@ def targets(rows: list, s: Settings) -> list:
 
 def environment(dev: torch.device) -> dict:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or "cpu")
+    from restorer_core.threads import cpu_workers
+
     return dict(device_name=name, torch=torch.__version__, cuda=torch.version.cuda,
-                python=platform.python_version(), cpu_threads=torch.get_num_threads())
+                python=platform.python_version(), cpu_threads=torch.get_num_threads(), cpus=os.cpu_count(),
+                cpu_workers_per_chunk_of_8=cpu_workers(8))
 
 
 # ----------------------------------------------------------------------------- main

@@ -20,6 +20,7 @@ from ..restorer_core.options import COLOR_FIXES, DETECTORS, MASK_SHAPES, MODES  
 from ..restorer_core.restore.paste import PasteConfig, paste_faces
 from ..restorer_core.restore.pipeline import RestoreOptions
 from ..restorer_core.faces.select import FaceSelection, parse_indices
+from ..restorer_core.threads import cpu_workers
 from . import comfy_bridge as cb
 from .types import FaceRestorerHandle, FaceSet
 
@@ -103,7 +104,8 @@ def detect(image: torch.Tensor, detector: Any, selection: FaceSelection, crop_si
     """
     frames = image_list(image)
     cb.check_interrupt()
-    found = locate_in_images(frames, detector, crop_size, selection, track, similarity_fn, smoothing)
+    found = locate_in_images(frames, detector, crop_size, selection, track, similarity_fn, smoothing,
+                             workers=cpu_workers(len(frames)))
     faces = [f for per_frame in found for f in per_frame]
     sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
     result = FaceSet(faces, sizes, int(crop_size))

@@ -209,3 +209,33 @@ def test_automatic_strength_is_measured_while_locating_and_used_by_the_restore(f
     assert [f.info["strength"] for f in ahead.faces] == [f.info["strength"] for f in fresh.faces]
     assert all(pipeline_mod.MEASURED_AHEAD not in f.info for f in ahead.faces)
     assert np.array_equal(ahead.pixels, fresh.pixels)
+
+
+@pytest.mark.parametrize("dtype,layout", [(np.uint8, "rgb"), (np.uint16, "rgb"), (np.float32, "rgba"),
+                                          (np.uint8, "gray")])
+def test_device_paste_moves_only_the_window_and_gives_the_same_pixels(family, restored_faces, dtype, layout):
+    """paste_window (what paste_faces does on a GPU) equals pasting the whole image, bit for bit,
+    and the window is smaller than the image; a window that misses a face is refused."""
+    from restorer_core.restore.composite import faces_window
+    from restorer_core.restore.paste import paste_window
+
+    img = _layout(family, dtype, layout)
+    expected, expected_mask = paste_faces(img, restored_faces, PasteConfig())
+    out, mask = paste_window(img, restored_faces, PasteConfig(), False, True, "cpu")
+    assert np.array_equal(out, expected) and np.array_equal(mask, expected_mask)
+    x0, y0, x1, y1 = faces_window(restored_faces, img.shape[:2])
+    assert (x1 - x0) * (y1 - y0) < 0.9 * img.shape[0] * img.shape[1]
+    assert not mask[:y0].any() and not mask[y1:].any() and not mask[:, :x0].any() and not mask[:, x1:].any()
+    tensor, peak = device_image(img[y0:y1, x0:x1 - 5], "cpu")
+    with pytest.raises(ValueError, match="outside the window"):
+        paste_into(tensor, restored_faces, PasteConfig(), peak=peak, origin=(x0, y0), image_size=img.shape[:2])
+
+
+def test_device_paste_without_a_pasted_face_returns_the_image_unchanged(family, restored_faces):
+    from restorer_core.restore.paste import paste_window
+
+    kept = [f.with_restored(f.restored) for f in restored_faces]
+    for f in kept:
+        f.info["strength"] = 0.0
+    out, mask = paste_window(family, kept, PasteConfig(), False, True, "cpu")
+    assert np.array_equal(out, family) and out is not family and not mask.any()

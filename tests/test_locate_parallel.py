@@ -134,3 +134,20 @@ def test_pool_gives_each_thread_its_own_detector_and_the_first_to_one():
     for t in threads:
         t.join()
     assert len({id(d) for d in got.values()}) == 3 and first in got.values() and pool.made == 2
+
+
+def test_frames_of_a_clip_are_detected_side_by_side_and_tracked_in_order():
+    """locate_faces_batch (the nodes' Detect Faces): frames detected on several threads, each with
+    its own detector, then tracked in order: the same indices, landmarks and crops as one thread."""
+    from restorer_core.faces.locate import locate_faces_batch
+
+    frames = _frames(10)
+    made = []
+    pool = DetectorPool(lambda: _OneThreadDetector(made))
+    side = locate_faces_batch(frames, pool, 64, workers=4)
+    one = locate_faces_batch(frames, _OneThreadDetector([]), 64, workers=4)  # not thread-safe: one thread
+    assert len(made) >= 2
+    assert [[f.face_index for f in fr] for fr in side] == [[f.face_index for f in fr] for fr in one] == [[0]] * 10
+    for a, b in zip(side, one):
+        np.testing.assert_array_equal(a[0].landmarks, b[0].landmarks)
+        np.testing.assert_array_equal(a[0].crop, b[0].crop)

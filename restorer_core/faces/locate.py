@@ -18,8 +18,10 @@ from .detect.base import FaceDetector
 from .records import AlignedFace, DetectedFace
 from .select import FaceSelection, select_faces
 from .tracks import TrackConfig, match_to_tracks
+from ..threads import ThreadMap
 
 SimilarityFn = Callable[[list[AlignedFace]], Sequence[float]]
+_THREADS = ThreadMap("detect")  # long-lived, so each keeps its own detector instance
 
 
 @dataclass
@@ -136,19 +138,24 @@ def locate_faces_batch(
     track: bool = True,
     track_config: Optional[TrackConfig] = None,
     similarity_fn: Optional[SimilarityFn] = None,
+    workers: int = 1,
 ) -> list[list[AlignedFace]]:
     """Faces for each frame; image_index is the frame number.
 
     track=False: face_index is the left-to-right rank in each frame. track=True: the first
     frame's faces are numbered left to right; later faces inherit the index of the face they
     match in recent frames, and new faces get the next free numbers, left to right.
+    workers > 1 with a thread-safe detector (a DetectorPool): the frames are detected side by
+    side first; tracking and alignment then follow the frames in order, so results are the same.
     """
     cfg = track_config or TrackConfig()
     tracks: list[_Track] = []
     next_index = 0
     out: list[list[AlignedFace]] = []
+    side_by_side = workers > 1 and getattr(detector, "thread_safe", False)
+    found = _THREADS.map(detector.detect, frames, workers) if side_by_side else None
     for frame_no, frame in enumerate(frames):
-        ordered = sort_left_to_right(detector.detect(frame))
+        ordered = sort_left_to_right(found[frame_no] if found is not None else detector.detect(frame))
         if not track:
             indices = list(range(len(ordered)))
         else:
@@ -212,16 +219,17 @@ def locate_in_images(
     track: bool = True,
     similarity_fn: Optional[SimilarityFn] = None,
     smoothing=None,
+    workers: int = 1,
 ) -> list[list[AlignedFace]]:
     """locate_faces_batch on images of any depth and layout: detected on 8-bit RGB copies,
     cropped from the full-depth pixels (recut_full_depth). smoothing: a
     restorer_core.faces.temporal.SmoothingConfig when the images are consecutive frames of a clip: each
-    tracked face is aligned at its landmarks smoothed over the frames."""
+    tracked face is aligned at its landmarks smoothed over the frames. workers: see locate_faces_batch."""
     from ..io.imageio import to_rgb8
 
     arrays = [np.asarray(im) for im in images]
     found = locate_faces_batch([to_rgb8(a) for a in arrays], detector, crop_size, selection, track,
-                               similarity_fn=similarity_fn)
+                               similarity_fn=similarity_fn, workers=workers)
     if smoothing is not None:
         from .temporal import smooth_frames
 

@@ -95,26 +95,54 @@ def _blend(region: torch.Tensor, face_px: torch.Tensor, alpha: torch.Tensor, pea
     return torch.round(blended * peak).clamp_(0.0, peak)
 
 
+def pasted(face: AlignedFace) -> bool:
+    """Whether paste-back blends this face in (it has `.restored` and a strength above 0)."""
+    return face.restored is not None and face.info.get("strength") != 0.0
+
+
+def face_roi(face: AlignedFace, image_size: tuple) -> tuple:
+    """(x0, y0, x1, y1): the pixels of an image of image_size (h, w) that pasting `face` can change."""
+    s = face.crop_size
+    return source_roi(face.matrix, (s, s), tuple(image_size))
+
+
+def faces_window(faces: Sequence[AlignedFace], image_size: tuple) -> Optional[tuple]:
+    """The smallest box (x0, y0, x1, y1) holding every pasted face's ROI, or None when no face
+    changes a pixel: the part of the image that has to travel to the device."""
+    rois = [r for r in (face_roi(f, image_size) for f in faces if pasted(f)) if r[2] > r[0] and r[3] > r[1]]
+    if not rois:
+        return None
+    return min(r[0] for r in rois), min(r[1] for r in rois), max(r[2] for r in rois), max(r[3] for r in rois)
+
+
 def paste_into(image: torch.Tensor, faces: Sequence[AlignedFace], config: PasteConfig = PasteConfig(),
-               return_mask: bool = True, peak: Optional[float] = None) -> Optional[torch.Tensor]:
+               return_mask: bool = True, peak: Optional[float] = None,
+               origin: tuple = (0, 0), image_size: Optional[tuple] = None) -> Optional[torch.Tensor]:
     """Blend each face's `.restored` into `image` (changed in place) -> the combined blend
     weight [H, W] float32 (1 - prod(1 - w_i)) on the image's device, or None when return_mask
     is False. Faces without `.restored`, and faces at strength 0 (info["strength"]), are skipped.
     peak: the value of full white (default: 255 for uint8, 65535 for uint16, 1 for float; pass
-    65535 for a 16-bit image carried as int32)."""
+    65535 for a 16-bit image carried as int32).
+    origin, image_size: `image` is the window at origin (x, y) of an image of image_size (h, w)
+    (default: the whole image); the window must hold every face's ROI (faces_window), and the
+    result is the same as pasting into the whole image and cutting the window out."""
     check_layout(tuple(image.shape))
     float_image = image.is_floating_point()
     peak = float(peak if peak is not None else _PEAKS.get(image.dtype, 1.0))
-    h, w = image.shape[:2]
+    wh, ww = image.shape[:2]
+    h, w = image_size if image_size is not None else (wh, ww)
+    ox, oy = (int(v) for v in origin)
     device = image.device
-    total = torch.zeros((h, w), dtype=torch.float32, device=device) if return_mask else None
+    total = torch.zeros((wh, ww), dtype=torch.float32, device=device) if return_mask else None
     for face in faces:
-        if face.restored is None or face.info.get("strength") == 0.0:
+        if not pasted(face):
             continue
-        s = face.crop_size
-        x0, y0, x1, y1 = source_roi(face.matrix, (s, s), (h, w))
+        x0, y0, x1, y1 = face_roi(face, (h, w))
         if x1 <= x0 or y1 <= y0:
             continue
+        if x0 < ox or y0 < oy or x1 > ox + ww or y1 > oy + wh:
+            raise ValueError(f"face {face.face_index}'s paste region {(x0, y0, x1, y1)} is outside the "
+                             f"window at {(ox, oy)} of size {(ww, wh)}; cut the window with faces_window")
         restored = restored_tensor(face, config, device)
         weights = face_weights(face, config, restored)
         to_roi = face.inverse.copy()  # crop -> ROI: crop -> image, then shift by the ROI origin
@@ -125,7 +153,7 @@ def paste_into(image: torch.Tensor, faces: Sequence[AlignedFace], config: PasteC
         if not bool(touched.any()):
             continue
         face_px = warp_affine(restored, to_roi, size, border="replicate")
-        region = image[y0:y1, x0:x1]
+        region = image[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
         new = _blend(region, face_px, alpha, peak, float_image)
         keep = touched if region.dim() == 2 else touched[..., None]
         if region.dim() == 3 and region.shape[2] == 4:
@@ -133,6 +161,6 @@ def paste_into(image: torch.Tensor, faces: Sequence[AlignedFace], config: PasteC
         work = region.to(torch.int32) if region.dtype == torch.uint16 else region  # no uint16 ops
         region.copy_(torch.where(keep, new.to(work.dtype), work))
         if total is not None:
-            t = total[y0:y1, x0:x1]
+            t = total[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
             t.copy_(1.0 - (1.0 - t) * (1.0 - alpha))
     return total
