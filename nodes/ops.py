@@ -17,7 +17,7 @@ from ..restorer_core.errors import BankError, CancelledError, DetectorError
 from ..restorer_core.io.imageio import to_rgb8
 from ..restorer_core.faces.locate import locate_in_images
 from ..restorer_core.options import COLOR_FIXES, DETECTORS, MASK_SHAPES, MODES  # noqa: F401 (the nodes' lists)
-from ..restorer_core.restore.paste import PasteConfig, paste_faces
+from ..restorer_core.restore.paste import PasteConfig, paste_frame
 from ..restorer_core.restore.pipeline import RestoreOptions
 from ..restorer_core.faces.select import FaceSelection, parse_indices
 from ..restorer_core.threads import cpu_workers
@@ -46,11 +46,6 @@ def image_list(image: torch.Tensor) -> list[np.ndarray]:
 
 def rgb8(pixels: np.ndarray) -> np.ndarray:
     return to_rgb8(pixels)
-
-
-def to_image(arrays: Sequence[np.ndarray], like: torch.Tensor) -> torch.Tensor:
-    out = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in arrays]))
-    return out.to(device=like.device, dtype=like.dtype)
 
 
 def to_mask(masks: Sequence[np.ndarray]) -> torch.Tensor:
@@ -183,34 +178,34 @@ def paste(image: torch.Tensor, faces: FaceSet, config: PasteConfig,
     """Blend restored faces into their images on `device` (default: where the faces were
     restored, else ComfyUI's compute device); images without restored faces come back bit-identical."""
     device = device if device is not None else (faces.device or cb.compute_device())
-    frames = image_list(image)
-    sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        raise ValueError(f"expected an IMAGE batch [B, H, W, C], got {getattr(image, 'shape', type(image))}")
+    sizes = [(int(image.shape[1]), int(image.shape[2]))] * int(image.shape[0])
     if sizes != list(faces.image_sizes):
         raise ValueError(
             f"these faces were found in {faces.num_images} image(s) of size(s) {_sizes(faces.image_sizes)}, "
             f"but the image input has {len(sizes)} image(s) of size(s) {_sizes(sizes)}; connect the same "
             "IMAGE to Detect Faces and Paste Faces Back.")
-    outs, masks, lines = [], [], []
-    bar = cb.Progress(len(frames))
-    for i, frame in enumerate(frames):
-        cb.check_interrupt()
-        done = [f for f in faces.for_image(i) if f.restored is not None and not f.info.get("kept")]
-        if done:
-            out, mask = paste_faces(frame, done, config, device=device)
-        else:
-            out, mask = frame, np.zeros(frame.shape[:2], np.float32)
-            kept = sum(1 for f in faces.for_image(i) if f.info.get("kept"))
-            lines.append(f"image {i}: every face kept as it was, unchanged." if kept
-                         else f"image {i}: no restored face, unchanged.")
-        outs.append(out)
-        masks.append(mask)
-        bar(i + 1, len(frames))
     if not faces.restored_count:
         msg = ("no restored faces to paste: the images pass through unchanged"
                + (f" ({faces.kept_count} face(s) kept as they were)." if faces.kept_count else "."))
         log(msg)
-        return image, to_mask(masks), [msg]
-    return to_image(outs, image), to_mask(masks), lines
+        return image, torch.zeros(image.shape[:3], dtype=torch.float32), [msg]
+    out = image.detach().to("cpu").clone()  # pasted in place, window by window (paste_frame)
+    masks, lines = [], []
+    bar = cb.Progress(len(sizes))
+    for i in range(len(sizes)):
+        cb.check_interrupt()
+        done = [f for f in faces.for_image(i) if f.restored is not None and not f.info.get("kept")]
+        if done:
+            masks.append(paste_frame(out[i], done, config, device=device))
+        else:
+            masks.append(torch.zeros(sizes[i], dtype=torch.float32))
+            kept = sum(1 for f in faces.for_image(i) if f.info.get("kept"))
+            lines.append(f"image {i}: every face kept as it was, unchanged." if kept
+                         else f"image {i}: no restored face, unchanged.")
+        bar(i + 1, len(sizes))
+    return out.to(device=image.device), torch.stack(masks), lines
 
 
 def _sizes(sizes: Sequence[tuple]) -> str:

@@ -239,3 +239,20 @@ def test_device_paste_without_a_pasted_face_returns_the_image_unchanged(family, 
         f.info["strength"] = 0.0
     out, mask = paste_window(family, kept, PasteConfig(), False, True, "cpu")
     assert np.array_equal(out, family) and out is not family and not mask.any()
+
+
+def test_paste_frame_pastes_a_tensor_frame_in_place_like_the_array_path(family, restored_faces):
+    """Paste Faces Back's way: a frame of an IMAGE batch (a float tensor view) pasted in place,
+    window by window, gives paste_faces' pixels and mask on the same frame as a float32 array;
+    the other frame of the batch is not touched."""
+    from restorer_core.restore.paste import paste_frame
+
+    img = family.astype(np.float32) / 255.0
+    batch = torch.from_numpy(np.stack([img, img[::-1].copy()]))
+    before = batch.clone()
+    mask = paste_frame(batch[0], restored_faces, PasteConfig(), device="cpu")
+    expected, expected_mask = paste_faces(img, restored_faces, PasteConfig())
+    assert torch.equal(batch[0], torch.from_numpy(expected)) and torch.equal(mask, torch.from_numpy(expected_mask))
+    assert torch.equal(batch[1], before[1]) and not torch.equal(batch[0], before[0])
+    with pytest.raises(ValueError, match="float image tensor"):
+        paste_frame(torch.zeros(8, 8, 3, dtype=torch.uint8), restored_faces)

@@ -151,3 +151,18 @@ def test_frames_of_a_clip_are_detected_side_by_side_and_tracked_in_order():
     for a, b in zip(side, one):
         np.testing.assert_array_equal(a[0].landmarks, b[0].landmarks)
         np.testing.assert_array_equal(a[0].crop, b[0].crop)
+
+
+def test_float_frames_are_converted_and_recut_side_by_side_with_the_same_crops():
+    """locate_in_images on float frames (a ComfyUI IMAGE batch): the 8-bit copies for detection and
+    the full-precision re-cuts run on several threads and give the one-thread crops exactly."""
+    from restorer_core.faces.locate import locate_in_images
+
+    frames = [f.astype(np.float32) / 255.0 for f in _frames(6)]
+    pool = DetectorPool(lambda: _OneThreadDetector([]))
+    side = locate_in_images(frames, pool, 64, workers=3)
+    one = locate_in_images(frames, pool, 64, workers=1)
+    assert [len(f) for f in side] == [1] * 6
+    for a, b in zip(side, one):
+        assert a[0].crop.dtype == np.float32
+        np.testing.assert_array_equal(a[0].crop, b[0].crop)

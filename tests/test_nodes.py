@@ -300,8 +300,8 @@ def test_paste_runs_where_the_faces_were_restored(pack, N, handle, blake, monkey
     bridge = sys.modules[f"{pack.__name__}.nodes.comfy_bridge"]
     ops = sys.modules[f"{pack.__name__}.nodes.ops"]
     used = []
-    real = ops.paste_faces
-    monkeypatch.setattr(ops, "paste_faces", lambda *a, device=None, **k: (used.append(device), real(*a, **k))[1])
+    real = ops.paste_frame
+    monkeypatch.setattr(ops, "paste_frame", lambda *a, device=None, **k: (used.append(device), real(*a, **k))[1])
     monkeypatch.setattr(bridge, "compute_device", lambda: torch.device("meta"))  # would fail if used
     restored, out, mask, _ = restore_paste(N, handle, blake, detect(N, blake)[0])
     assert restored.device == str(handle.pipeline.device) == "cpu"

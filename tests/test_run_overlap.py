@@ -28,13 +28,20 @@ class SlowPipeline:
         time.sleep(0.1)
         return LocatedImages(list(images), [ImageRecord(input=n, status=RESTORED) for n in names], [])
 
-    def finish_images(self, located, bank, options, progress, should_cancel):
+    def finish_images(self, located, bank, options, progress, should_cancel, paste=True):
         name = located.records[0].input
         self.log.append(("restore", name, "start", time.perf_counter()))
         time.sleep(0.3)
         self.log.append(("restore", name, "end", time.perf_counter()))
-        return [ImageResult(255 - im, np.zeros(im.shape[:2], np.float32), [], rec)
-                for im, rec in zip(located.images, located.records)]
+        results = [ImageResult(im, None, [], rec, pasted=False) for im, rec in zip(located.images, located.records)]
+        return [self.paste_result(r, options) for r in results] if paste else results
+
+    def paste_result(self, result, options=None):
+        """As the pipeline's: the 'paste' (inversion) happens here, once, on the caller's thread."""
+        if not result.pasted:
+            self.log.append(("paste", result.record.input, threading.current_thread().name, time.perf_counter()))
+            result.pixels, result.mask, result.pasted = 255 - result.pixels, np.zeros(result.pixels.shape[:2]), True
+        return result
 
 
 def test_reading_and_writing_overlap_the_restore(tmp_path, monkeypatch):
@@ -75,6 +82,10 @@ def test_reading_and_writing_overlap_the_restore(tmp_path, monkeypatch):
     assert sorted(located) == sorted(map(str, inputs))
     assert all(thread.startswith("read") for thread, _ in located.values())  # faces found on the reader
     assert located[second][1] < when[("restore", first, "end")]  # ... ahead of the restore
+    pasted = {name: (thread, t) for kind, name, thread, t in log if kind == "paste"}
+    assert sorted(pasted) == sorted(map(str, inputs))  # each image pasted once ...
+    assert all(thread.startswith("write") for thread, _ in pasted.values())  # ... on the writer, not the restorer
+    assert pasted[first][1] < when[("restore", second, "end")]  # while the next image restores
 
 
 def test_files_of_a_chunk_are_read_and_written_side_by_side_in_order(tmp_path, monkeypatch):

@@ -157,8 +157,8 @@ class _Run:
         from ..faces.orientation import restore_any_rotation
 
         pipeline, bank, options, should_cancel = self.pipeline, self.bank, self.options, self.should_cancel
-        if located is not None:
-            results = pipeline.finish_images(located, bank, options, self.on_progress, should_cancel)
+        if located is not None:  # pasted on the file threads, while the next chunk restores (_save_one)
+            results = pipeline.finish_images(located, bank, options, self.on_progress, should_cancel, paste=False)
         else:
             results = pipeline.restore_images([im.pixels for im, _, _ in group], bank, options, self.on_progress,
                                               should_cancel, [str(im.path) for im, _, _ in group])
@@ -212,6 +212,7 @@ class _Run:
         record.input_sha256 = sha
         record.add_time("load", load_s)
         try:
+            self.pipeline.paste_result(result, self.options)
             t0 = time.perf_counter()
             earlier = self.done_before(image.path, sha)  # a run beside this one finished it
             if earlier is not None:

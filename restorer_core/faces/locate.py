@@ -228,10 +228,13 @@ def locate_in_images(
     from ..io.imageio import to_rgb8
 
     arrays = [np.asarray(im) for im in images]
-    found = locate_faces_batch([to_rgb8(a) for a in arrays], detector, crop_size, selection, track,
+    rgb8 = _THREADS.map(to_rgb8, arrays, workers)  # per-frame conversions side by side too
+    found = locate_faces_batch(rgb8, detector, crop_size, selection, track,
                                similarity_fn=similarity_fn, workers=workers)
     if smoothing is not None:
         from .temporal import smooth_frames
 
         found = smooth_frames(found, smoothing, use_face_index=track)
-    return [recut_full_depth(a, faces, always=smoothing is not None) for a, faces in zip(arrays, found)]
+    always = smoothing is not None
+    return _THREADS.map(lambda pair: recut_full_depth(pair[0], pair[1], always=always), list(zip(arrays, found)),
+                        workers)

@@ -76,3 +76,24 @@ def paste_window(image: np.ndarray, faces: Sequence[AlignedFace], config: PasteC
     if mask is not None:
         mask[y0:y1, x0:x1] = total.cpu().numpy()
     return out, mask
+
+
+def paste_frame(frame: torch.Tensor, faces: Sequence[AlignedFace], config: PasteConfig = PasteConfig(),
+                device: Any = None) -> torch.Tensor:
+    """paste_faces for a float image tensor [H, W, C] in 0..1 (a frame of a ComfyUI IMAGE batch),
+    changed in place: only the window around the faces goes to `device` (default: the frame's)
+    and back, and no numpy copy of the frame is made. -> the mask [H, W] float32 on the frame's
+    device. Same pixels as paste_faces on the frame as a float32 array."""
+    if not frame.is_floating_point():
+        raise ValueError(f"paste_frame takes a float image tensor in 0..1, got {frame.dtype}")
+    h, w = frame.shape[:2]
+    mask = torch.zeros((h, w), dtype=torch.float32, device=frame.device)
+    window = faces_window(faces, (h, w))
+    if window is None:
+        return mask
+    x0, y0, x1, y1 = window
+    part = frame[y0:y1, x0:x1].to(device=device if device is not None else frame.device, dtype=torch.float32)
+    total = paste_into(part, faces, config, True, peak=1.0, origin=(x0, y0), image_size=(h, w))
+    frame[y0:y1, x0:x1] = part.to(frame.device, frame.dtype)
+    mask[y0:y1, x0:x1] = total.to(frame.device)
+    return mask

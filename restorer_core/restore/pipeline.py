@@ -100,9 +100,10 @@ class ImageResult:
     (restored ones carry `.restored`) and the report record."""
 
     pixels: np.ndarray
-    mask: np.ndarray
+    mask: Optional[np.ndarray]
     faces: list
     record: ImageRecord
+    pasted: bool = True  # False: pixels are still the input's (finish_images(paste=False)); see paste_result
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -508,9 +509,12 @@ class FaceRestorePipeline:
             f.info[MEASURED_AHEAD] = (self.resolution, face_strength(AUTO, f.crop, f.matrix, self.resolution))
 
     def finish_images(self, located: LocatedImages, bank: Any = None, options: Optional[RestoreOptions] = None,
-                      progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None) -> list:
+                      progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None,
+                      paste: bool = True) -> list:
         """The second half of restore_images: restore the located faces (batched across the
-        images) and paste them back on the restorer's device -> list[ImageResult]."""
+        images) and paste them back on the restorer's device -> list[ImageResult].
+        paste=False leaves the paste-back to paste_result (results with pasted False), so that a
+        caller can paste on another thread while the restorer goes on with the next images."""
         options = options or RestoreOptions()
         refs = None
         if located.faces and self.conditioning(bank, options).use_references:
@@ -521,25 +525,37 @@ class FaceRestorePipeline:
             by_image.setdefault(face.image_index, []).append(face)
         results = []
         for i, pixels in enumerate(located.images):
-            arr, record, faces = np.asarray(pixels), located.records[i], by_image.get(i, [])
+            record, faces = located.records[i], by_image.get(i, [])
             self._annotate(record, faces, bank)
-            t0 = time.perf_counter()
-            changed = [f for f in faces if not f.info.get("kept")]
-            if changed:
-                out, mask = paste_faces(arr, changed, options.paste, device=self.device)
-                record.status = RESTORED
-            else:
-                out, mask = arr, np.zeros(arr.shape[:2], np.float32)
-                record.status = UNCHANGED
-                if faces:
-                    reasons = sorted({f.info["kept"] for f in faces})
-                    record.note = f"{len(faces)} face(s) kept: {'; '.join(reasons)}; passed through unchanged"
-                else:
-                    record.note = (f"no face selected ({record.faces_skipped} skipped); passed through unchanged"
-                                   if record.faces else "no face found; passed through unchanged")
-            record.add_time("paste", time.perf_counter() - t0)
-            results.append(ImageResult(out, mask, faces, record))
+            result = ImageResult(np.asarray(pixels), None, faces, record, pasted=False)
+            results.append(self.paste_result(result, options) if paste else result)
         return results
+
+    def paste_result(self, result: ImageResult, options: Optional[RestoreOptions] = None) -> ImageResult:
+        """Paste an ImageResult's restored faces into its pixels on the restorer's device (in
+        place: pixels, mask, record status and note; nothing when already pasted). Safe to call
+        from another thread than the restorer's."""
+        if result.pasted:
+            return result
+        options = options or RestoreOptions()
+        arr, record, faces = result.pixels, result.record, result.faces
+        t0 = time.perf_counter()
+        changed = [f for f in faces if not f.info.get("kept")]
+        if changed:
+            out, mask = paste_faces(arr, changed, options.paste, device=self.device)
+            record.status = RESTORED
+        else:
+            out, mask = arr, np.zeros(arr.shape[:2], np.float32)
+            record.status = UNCHANGED
+            if faces:
+                reasons = sorted({f.info["kept"] for f in faces})
+                record.note = f"{len(faces)} face(s) kept: {'; '.join(reasons)}; passed through unchanged"
+            else:
+                record.note = (f"no face selected ({record.faces_skipped} skipped); passed through unchanged"
+                               if record.faces else "no face found; passed through unchanged")
+        record.add_time("paste", time.perf_counter() - t0)
+        result.pixels, result.mask, result.pasted = out, mask, True
+        return result
 
     def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
                        options: Optional[RestoreOptions] = None, progress: Optional[ProgressFn] = None,
