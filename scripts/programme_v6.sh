@@ -37,7 +37,8 @@ RECIPE=(--total-steps 24000 --lr 1e-4 --batch-size 48 --num-workers 14 --val-eve
 # RUNS_PER_GPU runs share each GPU (one-GPU machines), each with 14 / RUNS_PER_GPU loader workers.
 VARIANTS=("base|" "id2|--w-identity 2" "adv2|--w-adversarial 0.1"
           "nogan|--w-adversarial 0 --w-feature-matching 0" "pixhalf|--w-l1 0.5 --w-ssim 0.25"
-          "views2|--identity-views 2" "fm2|--w-feature-matching 1.0" "lr2|--lr 2e-4" "id4|--w-identity 4")
+          "views2|--identity-views 2" "fm2|--w-feature-matching 1.0" "lr2|--lr 2e-4" "id4|--w-identity 4"
+          "idfeat|--w-identity-features 0.5")
 
 install_wheels() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$D"/*.whl

@@ -199,3 +199,24 @@ def test_unknown_framing_is_refused(tmp_path):
     for bad in ("centre:0", "centre:1.5", "centre:x", "box"):
         with pytest.raises(ValueError, match="framing"):
             check_framing(bad)
+
+
+def test_converted_network_gives_stage_features_for_the_face_perceptual_loss():
+    """A converted face-ID graph (the shipped MobileFaceNet) exposes its activations at the end of
+    each resolution, so the face-perceptual loss (identity_features) works with it too."""
+    from restorer_core.train.losses import IdentityLoss, IdentityLossConfig
+
+    model = load_face_id()
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128)
+    stages = model.stage_features(x)
+    sizes = [t.shape[-1] for t in stages]
+    assert len(stages) >= 3 and all(t.ndim == 4 and t.shape[0] == 2 for t in stages)
+    assert sizes == sorted(set(sizes), reverse=True) and sizes[0] == model.input_size // 2
+    loss = IdentityLoss(model, IdentityLossConfig(features=True))
+    same = float(loss.terms(x, x)["identity_features"])
+    pred = (x + 0.3 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    other = loss.terms(pred, x)["identity_features"]
+    assert same < 0.25 * float(other)
+    other.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0

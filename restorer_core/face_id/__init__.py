@@ -60,6 +60,11 @@ class FaceIdEmbedder(nn.Module):
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(self.to_network_input(crops)).float(), dim=-1)
 
+    def stage_features(self, crops: torch.Tensor) -> list:
+        """The network's activations at the end of each resolution, in its framing (differentiable):
+        what the face-perceptual loss (train.losses, identity_features) compares."""
+        return self.net.stage_features(self.to_network_input(crops))
+
 
 def load_face_id(
     path: Optional[Union[str, os.PathLike]] = None,

@@ -300,9 +300,12 @@ class GraphModule(nn.Module):
             return t.view(-1, 1, 1)
         return t
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, H, W] (the NHWC placeholder, transposed) -> the output node's tensor."""
+    def forward(self, x: torch.Tensor, stages: bool = False) -> Any:
+        """x: [B, C, H, W] (the NHWC placeholder, transposed) -> the output node's tensor; with
+        stages, (that tensor, the last 4-D activation at each spatial size larger than 1x1, in
+        the order the sizes first appear): the network's stage outputs, for a perceptual loss."""
         env: dict[str, torch.Tensor] = {self.input_name: x}
+        last_at: dict = {}
         for name, key in self._keys.items():
             env[name] = self.consts[key]
         for s in self.steps:
@@ -394,4 +397,8 @@ class GraphModule(nn.Module):
             else:  # pragma: no cover - rejected when the program is built
                 raise TfjsFormatError(f"op {op} is not supported")
             env[s.name] = y
+            if stages and y.ndim == 4 and y.shape[-1] * y.shape[-2] > 1:
+                last_at[tuple(y.shape[-2:])] = y
+        if stages:
+            return env[self.output_name], list(last_at.values())
         return env[self.output_name]

@@ -80,11 +80,18 @@ class MobileFaceNet(nn.Module):
     def from_tfjs(cls, json_path: Union[str, os.PathLike], fuse: bool = True) -> "MobileFaceNet":
         return cls.from_graph(read_graph_model(json_path), fuse=fuse)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
         s = self.input_size
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (s, s):
             raise ValueError(f"MobileFaceNet expects [B, 3, {s}, {s}] RGB in 0..1, got {tuple(images.shape)}")
-        return self.graph(images * self.input_scale + self.input_offset).flatten(1)
+        return images * self.input_scale + self.input_offset
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.graph(self._input(images)).flatten(1)
+
+    def stage_features(self, images: torch.Tensor) -> list:
+        """The graph's stage outputs (GraphModule.forward with stages) for a perceptual loss."""
+        return self.graph(self._input(images), stages=True)[1]
 
 
 def save_face_id(

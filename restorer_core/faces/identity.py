@@ -134,6 +134,18 @@ class IdentityEmbedder(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
         return x * 2.0 - 1.0
 
+    def stage_features(self, images: torch.Tensor) -> list:
+        """The activations at the end of each resolution of the network (before every downsampling,
+        and the last): what the face-perceptual loss compares (differentiable)."""
+        x, outs = self.preprocess(images), []
+        for i, layer in enumerate(self.features):
+            y = layer(x)
+            if i > 0 and y.shape[-1] != x.shape[-1]:  # the input image itself is not a feature
+                outs.append(x)
+            x = y
+        outs.append(x)
+        return outs
+
     def features_raw(self, images: torch.Tensor) -> torch.Tensor:
         """Unnormalised embeddings (what the margin head trains on)."""
         x = self.features(self.preprocess(images))

@@ -119,19 +119,6 @@ def random_views(batch: int, views: int, max_shift: float, max_zoom: float,
     return theta.reshape(views * batch, 2, 3).to(device)
 
 
-def _stage_outputs(features: nn.Sequential, x: torch.Tensor) -> list:
-    """The activations of `features` at the end of each resolution (before every downsampling
-    and the last)."""
-    outs = []
-    for i, layer in enumerate(features):
-        y = layer(x)
-        if i > 0 and y.shape[-1] != x.shape[-1]:  # the input image itself is not a feature
-            outs.append(x)
-        x = y
-    outs.append(x)
-    return outs
-
-
 def feature_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over positions of 1 - cosine between channel vectors (scale-free, 0..2)."""
     return (1.0 - F.cosine_similarity(a.float(), b.float(), dim=1, eps=1e-6)).mean()
@@ -147,9 +134,9 @@ class IdentityLoss(nn.Module):
         self.embedder = embedder if embedder is not None else load_identity_embedder()
         self.embedder.eval().requires_grad_(False)
         self.config = config
-        if config.features and not (hasattr(self.embedder, "features") and hasattr(self.embedder, "preprocess")):
-            raise ValueError(f"{type(self.embedder).__name__} has no `features`/`preprocess`: "
-                             "the face-perceptual loss needs an IdentityEmbedder")
+        if config.features and not hasattr(self.embedder, "stage_features"):
+            raise ValueError(f"{type(self.embedder).__name__} has no `stage_features`: the face-perceptual "
+                             "loss needs an IdentityEmbedder or a converted face-ID network (FaceIdEmbedder)")
 
     def train(self, mode: bool = True) -> "IdentityLoss":
         super().train(mode)
@@ -175,10 +162,9 @@ class IdentityLoss(nn.Module):
         e_p = self.embedder(pred)
         out = {"identity": (1.0 - (e_p.float() * e_t.float()).sum(-1)).mean()}
         if c.features:
-            e = self.embedder
             with torch.no_grad():
-                f_t = _stage_outputs(e.features, e.preprocess(target))
-            f_p = _stage_outputs(e.features, e.preprocess(pred))
+                f_t = self.embedder.stage_features(target)
+            f_p = self.embedder.stage_features(pred)
             out["identity_features"] = sum(feature_distance(p, t) for p, t in zip(f_p, f_t)) / len(f_p)
         return out
 
