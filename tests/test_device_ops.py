@@ -256,3 +256,21 @@ def test_paste_frame_pastes_a_tensor_frame_in_place_like_the_array_path(family, 
     assert torch.equal(batch[1], before[1]) and not torch.equal(batch[0], before[0])
     with pytest.raises(ValueError, match="float image tensor"):
         paste_frame(torch.zeros(8, 8, 3, dtype=torch.uint8), restored_faces)
+
+
+def test_batch_transfers_give_the_per_face_values(restored_faces):
+    """On a GPU a batch's crops go up, and its restored crops come back, in one copy each
+    (crops_to_device / tensors_to_host batched): the same values as one copy per face; mixed
+    sizes fall back to one copy per face."""
+    from restorer_core.restore.pipeline import crop_tensor, crops_to_device, tensors_to_host
+
+    faces = list(restored_faces)
+    one = crops_to_device(faces, "cpu", batched=False)
+    together = crops_to_device(faces, "cpu", batched=True)
+    assert all(torch.equal(a, b) and torch.equal(a, crop_tensor(f, "cpu")) for a, b, f in zip(one, together, faces))
+    back = [t.permute(1, 2, 0) * 0.5 for t in together]
+    host_one, host_together = tensors_to_host(back, batched=False), tensors_to_host(back, batched=True)
+    assert all(np.array_equal(a, b) and a.dtype == np.float32 for a, b in zip(host_one, host_together))
+    mixed = back[:1] + [back[1][:-3, :-3]]
+    assert [a.shape for a in tensors_to_host(mixed, batched=True)] == [tuple(t.shape) for t in mixed]
+    assert tensors_to_host([], batched=True) == []

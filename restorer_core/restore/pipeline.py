@@ -134,6 +134,32 @@ def crop_tensor(face: AlignedFace, device: Any) -> torch.Tensor:
     return torch.from_numpy(np.asarray(face.crop, dtype=np.float32)).to(device).permute(2, 0, 1)
 
 
+def _one_transfer(items: Sequence, batched: Optional[bool], device: Any) -> bool:
+    """Whether a batch of same-shaped items moves between host and `device` in one copy (default:
+    off the CPU, where each copy is a transfer; on the CPU a stack would only add a copy)."""
+    if batched is None:
+        batched = torch.device(device).type != "cpu"
+    return batched and len(items) > 1 and len({tuple(x.shape) for x in items}) == 1
+
+
+def crops_to_device(faces: Sequence[AlignedFace], device: Any, batched: Optional[bool] = None) -> list:
+    """The faces' aligned crops as [3, S, S] float32 tensors on `device`, in one host-to-device
+    copy when they share a size (see _one_transfer); the same values as crop_tensor each."""
+    crops = [np.asarray(f.crop, dtype=np.float32) for f in faces]
+    if not _one_transfer(crops, batched, device):
+        return [torch.from_numpy(c).to(device).permute(2, 0, 1) for c in crops]
+    return list(torch.from_numpy(np.stack(crops)).to(device).permute(0, 3, 1, 2).unbind(0))
+
+
+def tensors_to_host(tensors: Sequence[torch.Tensor], batched: Optional[bool] = None) -> list:
+    """[S, S, 3] tensors -> float32 arrays, in one device-to-host copy when they share a size."""
+    if not tensors:
+        return []
+    if not _one_transfer(tensors, batched, tensors[0].device):
+        return [t.cpu().numpy() for t in tensors]
+    return list(torch.stack(list(tensors)).cpu().numpy())
+
+
 def speed_config(restorer: Any, speed: Any = "auto", device: Any = None) -> Any:
     """The SpeedConfig a speed choice stands for (None: "eager"); the one place this is decided.
 
@@ -373,7 +399,7 @@ class FaceRestorePipeline:
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs, gates = {}, {}
             if work:
-                crops = {k: crop_tensor(chunk[k], self.device) for k in work}
+                crops = dict(zip(work, crops_to_device([chunk[k] for k in work], self.device)))
                 x = [warp_torch.resize_square(crops[k], res) for k in work]
                 x += x[-1:] * (self.batch_shape(len(work), options) - len(work))  # dropped below
                 x = torch.stack(x).to(self.dtype)
@@ -386,7 +412,8 @@ class FaceRestorePipeline:
                     if gated[i] is not None:
                         decided[k] = (gated[i].strength, decided[k][1])
                         gates[k] = gated[i]
-                outputs = {k: self._finish(y[i], crops[k], decided[k][0], options) for i, k in enumerate(work)}
+                finished = [self._finish(y[i], crops[k], decided[k][0], options) for i, k in enumerate(work)]
+                outputs = dict(zip(work, tensors_to_host(finished)))
             share = (time.perf_counter() - t0) / len(chunk)
             for k, face in enumerate(chunk):
                 strength, estimate = decided[k]
@@ -432,14 +459,14 @@ class FaceRestorePipeline:
     def _finish(self, restored: torch.Tensor, crop: torch.Tensor, strength: float,
                 options: RestoreOptions) -> np.ndarray:
         """A restorer output [3, R, R] back at the crop's size, with the input's finer detail
-        and the strength blend, on the restorer's device -> [S, S, 3] float32 array."""
+        and the strength blend, on the restorer's device -> [S, S, 3] float32 tensor there."""
         size = crop.shape[-1]
         restored = warp_torch.resize_square(restored, size)
         if options.detail_transfer and size > self.resolution:
             restored = transfer_detail(restored, crop, self.resolution)
         if strength < 1.0:
             restored = crop + float(strength) * (restored - crop)
-        return restored.permute(1, 2, 0).cpu().numpy()
+        return restored.permute(1, 2, 0)
 
     # ----------------------------------------------------------------------------- images
     def locate(self, pixels: np.ndarray, options: RestoreOptions, image_index: int = 0,
