@@ -3,9 +3,11 @@
 
     python scripts/programme_curves.py [--logs docs/training/programme_v6] [--every 500]
 
-Reads every `sessionN_train_log.jsonl` (train_restorer's log of one session), writes `curves.md`
-(losses averaged over windows of --every steps, the validation rows) and `curves.png` (losses and
-validation identity against the global step, a line where each session starts) next to them.
+Reads every `sessionN_train_log.jsonl` (train_restorer's log of one session of the main line),
+writes `curves.md` (losses averaged over windows of --every steps, the validation rows) and
+`curves.png` (losses and validation identity against the global step, a line where each session
+starts) next to them. The loss ablations of a session (`sessionN_ablation/NAME/train_log.jsonl`,
+each run branching from the main line) get their own validation table in `curves.md`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ def read_sessions(folder: Path) -> List[Tuple[int, List[dict]]]:
     return sorted(sessions, key=lambda s: s[0])
 
 
+def read_ablations(folder: Path) -> List[Tuple[int, str, List[dict]]]:
+    """[(session number, run name, log records)] of the ablation runs, in session then name order."""
+    runs = []
+    for path in folder.glob("session*_ablation/*/train_log.jsonl"):
+        match = re.fullmatch(r"session(\d+)_ablation", path.parent.parent.name)
+        if match:
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            runs.append((int(match.group(1)), path.parent.name, records))
+    return sorted(runs, key=lambda r: (r[0], r[1]))
+
+
 def windows(sessions: List[Tuple[int, List[dict]]], every: int) -> List[dict]:
     """Loss means over windows of `every` global steps (a window never spans two sessions)."""
     rows: Dict[Tuple[int, int], dict] = {}
@@ -59,7 +72,7 @@ def validations(sessions: List[Tuple[int, List[dict]]]) -> List[dict]:
             for number, records in sessions for rec in records if "val" in rec]
 
 
-def markdown(loss_rows: List[dict], val_rows: List[dict], every: int) -> str:
+def markdown(loss_rows: List[dict], val_rows: List[dict], every: int, ablations=()) -> str:
     lines = ["# v6 programme: curves over all sessions", "",
              "Made by `scripts/programme_curves.py` from `session*_train_log.jsonl`. Training losses are",
              f"means over windows of {every} global steps; validation is the run's own (96 samples of the",
@@ -69,6 +82,15 @@ def markdown(loss_rows: List[dict], val_rows: List[dict], every: int) -> str:
     for r in val_rows:
         lines.append(f"| {r['session']} | {r['step']} | "
                      + " | ".join("" if r[k] is None else f"{r[k]:.4f}" for k in VALIDATION) + " |")
+    if ablations:
+        lines += ["", "## Ablation runs (each branches from the main line; see PROGRAMME_V6.md)", "",
+                  "| session | run | step | " + " | ".join(VALIDATION) + " |", "|---|---|---|" + "---|" * len(VALIDATION)]
+        for number, name, records in ablations:
+            for rec in records:
+                if "val" in rec:
+                    lines.append(f"| {number} | {name} | {rec['step']} | "
+                                 + " | ".join("" if rec["val"].get(k) is None else f"{rec['val'][k]:.4f}"
+                                              for k in VALIDATION) + " |")
     lines += ["", "## Training losses", "", "| session | steps to | lr | " + " | ".join(LOSSES) + " |",
               "|---|---|---|" + "---|" * len(LOSSES)]
     for r in loss_rows:
@@ -128,9 +150,10 @@ def main(argv=None) -> int:
         return 2
     loss_rows, val_rows = windows(sessions, a.every), validations(sessions)
     starts = [min(r["step"] for r in recs) for _, recs in sessions if recs]
-    (folder / "curves.md").write_text(markdown(loss_rows, val_rows, a.every))
+    ablations = read_ablations(folder)
+    (folder / "curves.md").write_text(markdown(loss_rows, val_rows, a.every, ablations))
     plot(loss_rows, val_rows, starts, folder / "curves.png")
-    print(f"{len(sessions)} sessions, {len(loss_rows)} windows, {len(val_rows)} validations -> "
+    print(f"{len(sessions)} sessions, {len(ablations)} ablation runs, {len(loss_rows)} windows, {len(val_rows)} validations -> "
           f"{folder / 'curves.md'}, {folder / 'curves.png'}")
     return 0
 

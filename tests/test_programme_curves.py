@@ -28,6 +28,8 @@ def test_curves_keep_sessions_apart(tmp_path):
     _log(tmp_path / "session1_train_log.jsonl", range(50, 2700, 50), 0.06, [1000, 2000])
     _log(tmp_path / "session10_train_log.jsonl", range(2700, 3100, 50), 0.04, [3000])
     (tmp_path / "notes_train_log.jsonl").write_text("not a session\n")
+    (tmp_path / "session4_ablation" / "nogan").mkdir(parents=True)
+    _log(tmp_path / "session4_ablation" / "nogan" / "train_log.jsonl", range(6050, 6700, 50), 0.05, [6500])
     assert curves.main(["--logs", str(tmp_path), "--every", "500"]) == 0
     sessions = curves.read_sessions(tmp_path)
     assert [n for n, _ in sessions] == [1, 10]  # numeric order, other files ignored
@@ -38,6 +40,8 @@ def test_curves_keep_sessions_apart(tmp_path):
     assert [r["step"] for r in curves.validations(sessions)] == [1000, 2000, 3000]
     md = (tmp_path / "curves.md").read_text()
     assert "| 10 | 3000 | 0.7300 | 0.6000 |" in md
+    assert "| 4 | nogan | 6500 | 0.7650 | 0.6000 |" in md  # ablation runs: their own table ...
+    assert [r["step"] for r in curves.validations(sessions)][-1] == 3000  # ... not the main line's
     assert Image.open(tmp_path / "curves.png").size == (900, 640)
 
 
