@@ -3,9 +3,11 @@
 Each chunk goes through three named steps: load (resume check, read), restore (the chunk at
 once, or image by image when that fails, so one bad image does not sink the rest), save (write
 each result under a free name). Reading (decoding, and finding and aligning the faces) runs one
-chunk ahead and writing one chunk behind, each on its own thread, so that CPU work overlaps the
-restorer's. One failing image
-is one failed report line; the run goes on.
+chunk ahead and writing (pasting the faces back, encoding) one chunk behind, each on its own
+thread, so that CPU work overlaps the restorer's; on a machine with cores to spare a chunk's files
+are decoded, pasted and encoded on several threads (restorer_core.threads decides how many), and
+its images located side by side (FaceRestorePipeline.locate_images). One failing image is one
+failed report line; the run goes on.
 """
 
 from __future__ import annotations

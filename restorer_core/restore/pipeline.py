@@ -145,10 +145,10 @@ def _one_transfer(items: Sequence, batched: Optional[bool], device: Any) -> bool
 def crops_to_device(faces: Sequence[AlignedFace], device: Any, batched: Optional[bool] = None) -> list:
     """The faces' aligned crops as [3, S, S] float32 tensors on `device`, in one host-to-device
     copy when they share a size (see _one_transfer); the same values as crop_tensor each."""
-    crops = [np.asarray(f.crop, dtype=np.float32) for f in faces]
-    if not _one_transfer(crops, batched, device):
-        return [torch.from_numpy(c).to(device).permute(2, 0, 1) for c in crops]
-    return list(torch.from_numpy(np.stack(crops)).to(device).permute(0, 3, 1, 2).unbind(0))
+    if not _one_transfer([f.crop for f in faces], batched, device):
+        return [crop_tensor(f, device) for f in faces]
+    crops = np.stack([np.asarray(f.crop, dtype=np.float32) for f in faces])
+    return list(torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).unbind(0))
 
 
 def tensors_to_host(tensors: Sequence[torch.Tensor], batched: Optional[bool] = None) -> list:
@@ -457,7 +457,7 @@ class FaceRestorePipeline:
         return face_strength(options.strength, face.crop, face.matrix, self.resolution)
 
     def _finish(self, restored: torch.Tensor, crop: torch.Tensor, strength: float,
-                options: RestoreOptions) -> np.ndarray:
+                options: RestoreOptions) -> torch.Tensor:
         """A restorer output [3, R, R] back at the crop's size, with the input's finer detail
         and the strength blend, on the restorer's device -> [S, S, 3] float32 tensor there."""
         size = crop.shape[-1]
