@@ -120,7 +120,7 @@ def dtype_max(dtype: np.dtype) -> float:
 def to_float01(pixels: np.ndarray) -> np.ndarray:
     """uint8/uint16/float pixels -> float32 in 0..1 (a new array; floats are clipped)."""
     if pixels.dtype.kind == "f":
-        return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+        return np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)  # clip made the new array
     return pixels.astype(np.float32) * np.float32(1.0 / dtype_max(pixels.dtype))
 
 
@@ -129,8 +129,11 @@ def from_float01(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return np.clip(values, 0.0, 1.0).astype(dtype)
-    scaled = np.asarray(values, dtype=np.float32) * np.float32(dtype_max(dtype))
-    return np.clip(np.rint(scaled), 0, dtype_max(dtype)).astype(dtype)
+    peak = dtype_max(dtype)
+    scaled = np.multiply(values, np.float32(peak), dtype=np.float32)  # one new array, then in place
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, peak, out=scaled)
+    return scaled.astype(dtype)
 
 
 def to_rgb8(pixels: np.ndarray) -> np.ndarray:
