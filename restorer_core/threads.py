@@ -28,7 +28,8 @@ class ThreadMap:
 
     def __init__(self, name: str = "cpu"):
         self.name = name
-        self._pool = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._size = 0
         self._lock = threading.Lock()
 
     def map(self, fn: Callable, items: Sequence, workers: int) -> list:
@@ -36,8 +37,8 @@ class ThreadMap:
         if workers <= 1 or len(items) <= 1:
             return [fn(x) for x in items]
         with self._lock:
-            if self._pool is None or self._pool._max_workers < workers:
-                old, self._pool = self._pool, ThreadPoolExecutor(workers, self.name)
+            if self._pool is None or self._size < workers:
+                old, self._pool, self._size = self._pool, ThreadPoolExecutor(workers, self.name), workers
                 if old is not None:
                     old.shutdown(wait=False)
             pool = self._pool

@@ -166,3 +166,10 @@ def test_float_frames_are_converted_and_recut_side_by_side_with_the_same_crops()
     for a, b in zip(side, one):
         assert a[0].crop.dtype == np.float32
         np.testing.assert_array_equal(a[0].crop, b[0].crop)
+
+
+def test_reading_a_pools_name_makes_no_detector():
+    made = []
+    pool = DetectorPool(lambda: _OneThreadDetector(made), first=_OneThreadDetector(made))
+    assert pool.name == "fake" and "DetectorPool" in repr(pool)
+    assert len(made) == 1 and pool.made == 0  # only the first, made by the caller

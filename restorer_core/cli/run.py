@@ -273,11 +273,11 @@ def run_restore(inputs: Sequence[Path], pipeline: "FaceRestorePipeline", bank: "
     run = _Run(inputs, pipeline, bank, options, settings, report or RunReport(), should_cancel)
     pending = [Path(p) for p in inputs]
     chunks = [pending[i:i + settings.images_per_chunk] for i in range(0, len(pending), settings.images_per_chunk)]
+    workers = cpu_workers(settings.images_per_chunk)
     try:
         with warnings_into(run.report), ThreadPoolExecutor(1, "read") as reader, \
-                ThreadPoolExecutor(1, "write") as writer, \
-                ThreadPoolExecutor(cpu_workers(settings.images_per_chunk), "files") as files:
-            run.io = files if files._max_workers > 1 else None
+                ThreadPoolExecutor(1, "write") as writer, ThreadPoolExecutor(workers, "files") as files:
+            run.io = files if workers > 1 else None
             _overlapped(run, chunks, reader, writer)
     except (CancelledError, KeyboardInterrupt):
         run.record_cancelled()

@@ -24,6 +24,7 @@ class DetectorPool:
     def __init__(self, factory: Callable[[], FaceDetector], first: Optional[FaceDetector] = None):
         self.factory = factory
         self._first = first
+        self._template = first  # what name / config / repr read, so reading them makes no instance
         self._local = threading.local()
         self._lock = threading.Lock()
         self.made = 0  # instances made by the factory (for tests and reports)
@@ -36,19 +37,24 @@ class DetectorPool:
                 if det is None:
                     det = self.factory()
                     self.made += 1
+                if self._template is None:
+                    self._template = det
             self._local.detector = det
         return det
 
     def detect(self, rgb):
         return self.get().detect(rgb)
 
+    def _described(self) -> Any:
+        return self._template if self._template is not None else self.get()
+
     @property
     def name(self) -> str:
-        return self.get().name
+        return self._described().name
 
     @property
     def config(self) -> Any:
-        return self.get().config
+        return self._described().config
 
     def __repr__(self) -> str:
-        return f"DetectorPool({self.get()!r}, made={self.made})"
+        return f"DetectorPool({self._described()!r}, made={self.made})"
