@@ -11,7 +11,8 @@ random weights (benchmarks/gpu_profile.build) and the embedded default model. Tw
 * nodes  Detect Faces -> One-Step Restore -> Paste Faces Back on the comfy stand-in of the tests
          (tests/comfy_stub), the model handle made as Load Face Restorer makes it;
 
-and the restorer's own step at the batch size (`step`: the runner on a ready batch, with the
+the default detector alone (`detect`: OpenCV's YuNet on one CPU thread, and the torch YuNet that
+a GPU pipeline detects with, batched on the device), and the restorer's own step at the batch size (`step`: the runner on a ready batch, with the
 bank's cached keys/values), which the nodes path is compared with. Per row: frames (images)/s,
 ms per face in total and per stage (detect_align, restore, paste, io = read + write; the CLI's
 stages overlap, so they may add up to more than the total). The first run of each path (compile,
@@ -314,6 +315,46 @@ def node_rows(pack, name: str, restorer, s: Settings, inputs: dict) -> list:
     return rows
 
 
+# ----------------------------------------------------------------------------- detector
+
+
+def detector_rows(s: Settings, inputs: dict, frames: int = 32) -> list:
+    """The default detector on `frames` video frames: OpenCV's YuNet on one CPU thread against the
+    torch YuNet on the device, batched as the pipelines run it (the same network; on a CPU run the
+    torch one runs on the CPU too). ms per frame, and how far its landmarks are from OpenCV's."""
+    from restorer_core.faces.detect import create_detector
+    from restorer_core.faces.detect.yunet_torch import YuNetTorchDetector
+
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in inputs["frames"][:frames]]
+    cpu = create_detector("yunet", retry=False)
+    dev = torch.device(s.device)
+    ours = YuNetTorchDetector(cpu.config, dev, batch=s.batch)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        t0 = time.perf_counter()
+        ref = [cpu.detect(im) for im in images]
+        cpu_ms = 1000 * (time.perf_counter() - t0) / len(images)
+    finally:
+        cv2.setNumThreads(threads)
+    ours.detect_batch(images[:s.batch])  # warm-up
+    sync(dev)
+    t0 = time.perf_counter()
+    got = ours.detect_batch(images)
+    sync(dev)
+    dev_ms = 1000 * (time.perf_counter() - t0) / len(images)
+    same = [len(a) == len(b) for a, b in zip(got, ref)]
+    shift = max((float(np.abs(x.landmarks - y.landmarks).max()) for a, b in zip(got, ref) for x, y in zip(a, b)),
+                default=float("nan"))
+    faces = sum(len(r) for r in ref)
+    return [Row("yunet", "detect", "video, OpenCV 1 CPU thread", len(images), faces, 0, None,
+                1000 / cpu_ms, cpu_ms, {"detect_align": cpu_ms}),
+            Row("yunet", "detect", f"video, torch on {dev.type}, batch {s.batch}", len(images),
+                sum(len(g) for g in got), 0, None, 1000 / dev_ms, dev_ms, {"detect_align": dev_ms},
+                note=f"same face count in {sum(same)}/{len(same)} frames; landmarks at most {shift:.3f} px "
+                     "from OpenCV's")]
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -419,6 +460,9 @@ def main(argv=None) -> int:
         from restorer_core.restore.bank import build_bank
 
         bank = build_bank(list(inputs["refs"]), align_size=256, name="benchmark refs")
+        rows += detector_rows(s, inputs)
+        for r in rows:
+            print(f"{r.input:40s} {r.ms_per_face:.2f} ms/frame {r.note}", flush=True)
         pack, compile_dir = None, None
         if "nodes" in s.paths:
             import harness

@@ -69,7 +69,7 @@ def get_detector(name: str, model_name: str = DEFAULT_DETECTOR_MODEL, threshold:
     """restorer_core's detector for the widgets (made once per process: restorer_core.faces.detect.cached_detector)."""
     if name not in DETECTORS:
         raise DetectorError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}.")
-    return cached_detector(name, detector_model_path(name, model_name), float(threshold))
+    return cached_detector(name, detector_model_path(name, model_name), float(threshold), device=cb.compute_device())
 
 
 def make_selection(selection: str, max_faces: int, face_indices: str, min_face_size: float,

@@ -100,7 +100,7 @@ def open_resources(plan: RestorePlan, ctx: "DistContext", report: "RunReport") -
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     try:
-        detector = create_detector(args.detector, args.detector_model)
+        detector = create_detector(args.detector, args.detector_model, device=device)
         bank = open_bank(args.refs, detector) if args.refs else None
         restorer = load_any_restorer(args.model, args.base, device, dtype, args.models_dir, args.allow_download)
     except (BankError, CheckpointError, DetectorError) as exc:

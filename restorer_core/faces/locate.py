@@ -97,9 +97,12 @@ def locate_faces_report(
     selection: Optional[FaceSelection] = None,
     image_index: int = 0,
     similarity_fn: Optional[SimilarityFn] = None,
+    detections: Optional[Sequence[DetectedFace]] = None,
 ) -> LocateReport:
-    """locate_faces, also returning the faces that were not selected and why."""
-    ordered = sort_left_to_right(detector.detect(image_rgb_uint8))
+    """locate_faces, also returning the faces that were not selected and why. detections: the
+    image's detections when they were found already (a batched detector), else the detector runs."""
+    found = detections if detections is not None else detector.detect(image_rgb_uint8)
+    ordered = sort_left_to_right(found)
     return _select_and_align(
         image_rgb_uint8, ordered, range(len(ordered)), crop_size, selection, image_index,
         similarity_fn,
@@ -121,6 +124,17 @@ def locate_faces(
 
 
 # ----------------------------------------------------------------------------- video
+
+
+def detect_all(images: Sequence[np.ndarray], detector: FaceDetector, workers: int = 1) -> Optional[list]:
+    """Every image's detections, batched where the detector batches (detect_batch), side by side on
+    `workers` threads where it is thread-safe; None: detect one image at a time, in order."""
+    batch = getattr(detector, "detect_batch", None)
+    if batch is not None and len(images) > 1:
+        return list(batch(images))
+    if workers > 1 and getattr(detector, "thread_safe", False):
+        return _THREADS.map(detector.detect, images, workers)
+    return None
 
 
 @dataclass
@@ -145,15 +159,15 @@ def locate_faces_batch(
     track=False: face_index is the left-to-right rank in each frame. track=True: the first
     frame's faces are numbered left to right; later faces inherit the index of the face they
     match in recent frames, and new faces get the next free numbers, left to right.
-    workers > 1 with a thread-safe detector (a DetectorPool): the frames are detected side by
-    side first; tracking and alignment then follow the frames in order, so results are the same.
+    A detector with detect_batch (one on the GPU) detects all frames in batches first; else with
+    workers > 1 and a thread-safe detector (a DetectorPool) the frames are detected side by side
+    first; tracking and alignment then follow the frames in order, so results are the same.
     """
     cfg = track_config or TrackConfig()
     tracks: list[_Track] = []
     next_index = 0
     out: list[list[AlignedFace]] = []
-    side_by_side = workers > 1 and getattr(detector, "thread_safe", False)
-    found = _THREADS.map(detector.detect, frames, workers) if side_by_side else None
+    found = detect_all(frames, detector, workers)
     for frame_no, frame in enumerate(frames):
         ordered = sort_left_to_right(found[frame_no] if found is not None else detector.detect(frame))
         if not track:

@@ -296,16 +296,18 @@ class FaceRestorePipeline:
         from ..faces.detect.pool import DetectorPool
 
         key = (options.detector, options.detector_model)
-        self._detectors[key] = DetectorPool(factory, first=detector) if factory is not None else detector
+        pooled = factory is not None and not getattr(detector, "thread_safe", False)
+        self._detectors[key] = DetectorPool(factory, first=detector) if pooled else detector
 
     def detector(self, options: RestoreOptions) -> Any:
         """The detector for the options: one given to add_detector, else the process-wide one
-        (restorer_core.faces.detect.cached_detector, a DetectorPool: one instance per thread)."""
+        (restorer_core.faces.detect.cached_detector: a DetectorPool, one instance per thread, or
+        on a CUDA restorer the batched torch detector on its device)."""
         from ..faces.detect import cached_detector
 
         key = (options.detector, options.detector_model)
         if key not in self._detectors:
-            self._detectors[key] = cached_detector(options.detector, options.detector_model)
+            self._detectors[key] = cached_detector(options.detector, options.detector_model, device=self.device)
         return self._detectors[key]
 
     def locate_workers(self, images: int, options: RestoreOptions) -> int:
@@ -470,15 +472,33 @@ class FaceRestorePipeline:
 
     # ----------------------------------------------------------------------------- images
     def locate(self, pixels: np.ndarray, options: RestoreOptions, image_index: int = 0,
-               bank: Any = None) -> tuple:
-        """(faces to restore, skipped faces) of one image; crops keep the image's bit depth."""
+               bank: Any = None, rgb8: Optional[np.ndarray] = None, detections: Optional[list] = None) -> tuple:
+        """(faces to restore, skipped faces) of one image; crops keep the image's bit depth.
+        rgb8 / detections: the image's 8-bit RGB copy and detections when made already."""
         from ..io.imageio import to_rgb8
         from ..faces.locate import locate_faces_report, recut_full_depth
 
-        report = locate_faces_report(to_rgb8(np.asarray(pixels)), self.detector(options), self.crop_size(options),
-                                     options.selection, image_index, self.similarity_fn(bank, options))
+        rgb8 = to_rgb8(np.asarray(pixels)) if rgb8 is None else rgb8
+        report = locate_faces_report(rgb8, self.detector(options), self.crop_size(options),
+                                     options.selection, image_index, self.similarity_fn(bank, options),
+                                     detections=detections)
         faces = recut_full_depth(pixels, report.faces)  # 16-bit / float / gray / alpha: full depth
         return faces, report.skipped
+
+    def _detect_batched(self, arrays: list, options: RestoreOptions, workers: int) -> tuple:
+        """(8-bit RGB copies, detections, seconds per image) of every image where the detector
+        batches (one on the GPU: a chunk's frames in one pass), else (None, None, 0.0)."""
+        from ..faces.locate import detect_all
+        from ..io.imageio import to_rgb8
+
+        detector = self.detector(options)
+        if len(arrays) < 2 or getattr(detector, "detect_batch", None) is None:
+            return None, None, 0.0
+        t0 = time.perf_counter()
+        rgb8 = self._threads.map(to_rgb8, arrays, workers) if workers > 1 else [to_rgb8(a) for a in arrays]
+        with self._detect_lock:
+            detected = detect_all(rgb8, detector)
+        return rgb8, detected, (time.perf_counter() - t0) / len(arrays)
 
     def locate_images(self, images: Sequence[np.ndarray], bank: Any = None, options: Optional[RestoreOptions] = None,
                       names: Optional[Sequence[str]] = None) -> LocatedImages:
@@ -494,10 +514,12 @@ class FaceRestorePipeline:
         arrays = [np.asarray(p) for p in images]
         workers = self.locate_workers(len(arrays), options)
         measure_now = options.strength == AUTO and options.temporal is None
+        rgb8, detected, shared = self._detect_batched(arrays, options, workers)
 
         def one(i: int) -> tuple:
-            t0 = time.perf_counter()
-            faces, skipped = self.locate(arrays[i], options, i, bank)
+            t0 = time.perf_counter() - shared
+            faces, skipped = self.locate(arrays[i], options, i, bank, rgb8[i] if rgb8 else None,
+                                         detected[i] if detected else None)
             if measure_now:
                 self._measure_ahead(faces)
             return faces, skipped, time.perf_counter() - t0

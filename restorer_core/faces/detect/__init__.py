@@ -1,6 +1,7 @@
 """Face detectors behind one protocol: `detect(rgb_uint8) -> list[DetectedFace]`.
 
-Backends: "yunet" (default, shipped, OpenCV only), "scrfd" (user's insightface .onnx,
+Backends: "yunet" (default, shipped; OpenCV on the CPU, the same network in torch on a CUDA
+device: detect_device decides), "scrfd" (user's insightface .onnx,
 needs onnxruntime), "facexlib" (RetinaFace, needs facexlib + torchvision and its weights).
 Landmarks always come in the order image-left eye, image-right eye, nose,
 image-left mouth corner, image-right mouth corner.
@@ -33,6 +34,7 @@ __all__ = [
     "box_iou",
     "cached_detector",
     "create_detector",
+    "detect_device",
     "nms",
 ]
 
@@ -43,6 +45,20 @@ DEFAULT_THRESHOLDS = {"yunet": 0.7, "scrfd": 0.5, "facexlib": 0.6}
 # Second-pass threshold when the first pass finds no face (detect/retry.py); only where measured
 # (benchmarks/results/detection_rate.md): YuNet on held-out photos degraded x8 / x16.
 RETRY_THRESHOLDS = {"yunet": 0.5}
+# Backends with a torch implementation that runs batched on the restorer's device (yunet_torch.py).
+TORCH_BACKENDS = ("yunet",)
+
+
+def detect_device(name: str, device=None):
+    """Where backend `name` runs for a pipeline on `device`: that CUDA device for a backend with a
+    torch implementation (frames detected batched there, no CPU threads), else None (the CPU
+    backend). The one place that decides it."""
+    import torch
+
+    if device is None or name.strip().lower() not in TORCH_BACKENDS:
+        return None
+    dev = torch.device(device)
+    return dev if dev.type == "cuda" else None
 
 
 def create_detector(
@@ -52,8 +68,10 @@ def create_detector(
     nms: float = 0.3,
     max_side: int = 1600,
     retry: bool = True,
+    device=None,
 ) -> FaceDetector:
     """Build a detector by backend name; model_path overrides the backend's default weights.
+    device: the pipeline's device; detect_device says whether the backend runs there.
 
     score_threshold None takes the backend's default (DEFAULT_THRESHOLDS). retry: where the
     backend has a RETRY_THRESHOLDS entry, images in which nothing is found get a second pass
@@ -65,12 +83,17 @@ def create_detector(
     if retry and key in RETRY_THRESHOLDS:
         from .retry import RetryConfig, RetryDetector
 
-        primary = create_detector(key, model_path, score_threshold, nms, max_side, retry=False)
+        primary = create_detector(key, model_path, score_threshold, nms, max_side, retry=False, device=device)
         low = min(float(score_threshold), RETRY_THRESHOLDS[key])
-        permissive = create_detector(key, model_path, low, nms, max_side, retry=False)
+        permissive = create_detector(key, model_path, low, nms, max_side, retry=False, device=device)
         return RetryDetector(primary, permissive, RetryConfig(threshold=low))
     config = DetectorConfig(score_threshold=score_threshold, nms_threshold=nms, max_side=max_side)
     path = Path(model_path) if model_path not in (None, "") else None
+    on = detect_device(key, device) if path is None else None  # the torch net has the shipped weights
+    if key == "yunet" and on is not None:
+        from .yunet_torch import YuNetTorchDetector
+
+        return YuNetTorchDetector(config, on)
     if key == "yunet":
         from .yunet import YuNetDetector
 
@@ -91,18 +114,20 @@ _CACHE_LOCK = threading.Lock()
 
 
 def cached_detector(name: str = "yunet", model_path: Optional[Union[str, Path]] = None,
-                    score_threshold: Optional[float] = None) -> FaceDetector:
-    """create_detector, made once per (backend, weights file, threshold) per process and then
-    reused (ONNX sessions are slow to create), as a DetectorPool: safe to call from several
-    threads at once, each thread detecting with its own instance. Detectors keep no state
-    between images."""
+                    score_threshold: Optional[float] = None, device=None) -> FaceDetector:
+    """create_detector, made once per (backend, weights file, threshold, device) per process and
+    then reused (ONNX sessions are slow to create); safe to call from several threads at once: a
+    DetectorPool (each thread detects with its own instance) or a thread-safe device detector.
+    Detectors keep no state between images."""
     from .pool import DetectorPool
 
     path = str(Path(model_path).resolve()) if model_path not in (None, "") else None
     threshold = None if score_threshold is None else round(float(score_threshold), 4)
-    key = (name.strip().lower(), path, threshold)
+    on = detect_device(name, device) if path is None else None
+    key = (name.strip().lower(), path, threshold, str(on))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            first = create_detector(name, path, score_threshold=threshold)  # errors here, in the caller
-            _CACHE[key] = DetectorPool(lambda: create_detector(name, path, score_threshold=threshold), first=first)
+            first = create_detector(name, path, score_threshold=threshold, device=on)  # errors here, in the caller
+            _CACHE[key] = first if getattr(first, "thread_safe", False) else DetectorPool(
+                lambda: create_detector(name, path, score_threshold=threshold), first=first)
         return _CACHE[key]

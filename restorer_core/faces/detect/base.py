@@ -68,21 +68,27 @@ def check_rgb8(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def detection_size(hw: tuple[int, int], max_side: int) -> tuple[tuple[int, int], np.ndarray]:
+    """(width, height) an image of size hw = (h, w) is detected at (long side at most max_side),
+    and scale = [sx, sy] = that size / original size per axis (the realised ratios after rounding,
+    so coordinates map back exactly)."""
+    h, w = hw
+    if max(h, w) <= max_side:
+        return (w, h), np.ones(2, dtype=np.float32)
+    factor = max_side / max(h, w)
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return size, np.array([size[0] / w, size[1] / h], dtype=np.float32)
+
+
 def downscale_for_detection(
     rgb: np.ndarray, max_side: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Shrink so the long side is at most max_side.
-
-    Returns (image, scale) with scale = [sx, sy] = small size / original size per axis
-    (the realised ratios after rounding, so coordinates map back exactly).
-    """
-    h, w = rgb.shape[:2]
-    if max(h, w) <= max_side:
-        return rgb, np.ones(2, dtype=np.float32)
-    factor = max_side / max(h, w)
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    return small, np.array([size[0] / w, size[1] / h], dtype=np.float32)
+    """Shrink so the long side is at most max_side (area averaging): (image, scale) as
+    detection_size gives them."""
+    size, scale = detection_size(rgb.shape[:2], max_side)
+    if size == (rgb.shape[1], rgb.shape[0]):
+        return rgb, scale
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -133,18 +139,22 @@ class BaseDetector:
             return []
         small, scale = downscale_for_detection(rgb, self.config.max_side)
         boxes, scores, landmarks = self._detect_raw(np.ascontiguousarray(small))
+        return self._to_faces(boxes, scores, landmarks, scale, w, h)
+
+    @staticmethod
+    def _to_faces(boxes, scores, landmarks, scale: np.ndarray, w: int, h: int) -> list[DetectedFace]:
+        """Raw detections at detection size -> DetectedFace records in image pixels, best first."""
         if len(scores) == 0:
             return []
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.tile(scale, 2)
         landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2) / scale
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
-        faces = [
+        return [
             DetectedFace(box=boxes[i].copy(), score=float(scores[i]), landmarks=landmarks[i].copy())
             for i in np.argsort(-np.asarray(scores), kind="stable")
             if boxes[i, 2] > boxes[i, 0] and boxes[i, 3] > boxes[i, 1]
         ]
-        return faces
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

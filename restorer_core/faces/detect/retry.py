@@ -12,7 +12,7 @@ photo 0.69) cannot join real ones. Measured by benchmarks/detection_rate.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -61,11 +61,18 @@ class RetryDetector:
         self.retry = config
         self.name = primary.name
         self.config = primary.config
+        self.thread_safe = bool(getattr(primary, "thread_safe", False) and getattr(permissive, "thread_safe", False))
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
-        faces = self.primary.detect(rgb)
-        if faces:
-            return faces
+        return self.primary.detect(rgb) or self._second_pass(rgb)
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
+        """detect() of every image, the first pass batched where the primary detector batches."""
+        batch = getattr(self.primary, "detect_batch", None)
+        first = batch(images) if batch is not None else [self.primary.detect(im) for im in images]
+        return [faces or self._second_pass(im) for faces, im in zip(first, images)]
+
+    def _second_pass(self, rgb: np.ndarray) -> list[DetectedFace]:
         found = list(self.permissive.detect(rgb))
         f = float(self.retry.downscale)
         h, w = rgb.shape[:2]
