@@ -4,8 +4,9 @@
 A device call carries at most 64 MiB, the working tree included. The inputs go in the order
 given (wheels, loss network, face cache, then the state's manifest and files in tier order);
 each folder is filled before the next is started, and a file that does not fit the space left
-is split into `NAME.part-aa`, `-ab`, ... (`programme_v6.sh gather` joins the parts in order, so
-the folders must be gathered in their order). Files of the state's highest tiers come last:
+is split into `NAME.part-aa`, `-ab`, ..., with `NAME.sha256` (the whole file's hash) beside its
+last part (`programme_v6.sh gather` joins the parts by name, whatever order the folders come in,
+and checks the hash once all are there). Files of the state's highest tiers come last:
 a session that runs short of calls leaves them out (`import --allow-partial`).
 
     python scripts/pack_carry.py --out .carry --tree-mib 18 /tmp/d/*.whl .traindata/faceres.safetensors \\
@@ -15,6 +16,7 @@ a session that runs short of calls leaves them out (`import --allow-partial`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -77,8 +79,17 @@ def plan(files: Sequence[Tuple[Path, int]], capacity: int) -> List[Piece]:
     return pieces
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 * MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write(pieces: Sequence[Piece], out_prefix: str) -> List[Path]:
-    """Write each folder `<out_prefix>N`; refuses folders that exist (never overwrites)."""
+    """Write each folder `<out_prefix>N`; refuses folders that exist (never overwrites). A split
+    file's `NAME.sha256` goes beside its last part."""
     folders = sorted({p.folder for p in pieces})
     dirs = [Path(f"{out_prefix}{chr(ord('A') + i)}") for i in folders]
     taken = [d for d in dirs if d.exists()]
@@ -94,6 +105,9 @@ def write(pieces: Sequence[Piece], out_prefix: str) -> List[Path]:
                 chunk = src.read(min(left, 8 * MIB))
                 dst.write(chunk)
                 left -= len(chunk)
+    last_part = {p.source: p for p in pieces if p.name != p.source.name}
+    for source, p in last_part.items():
+        (dirs[p.folder] / f"{source.name}.sha256").write_text(f"{sha256_of(source)}  {source.name}\n")
     return dirs
 
 

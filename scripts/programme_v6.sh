@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One session of the v6 training programme on a lent GPU machine (docs/training/PROGRAMME_V6.md).
 # Each step is one device call; the machine keeps /tmp between calls while it stays warm.
-#   scripts/programme_v6.sh gather DIR...     append carried pieces to /tmp/d (in the order given);
+#   scripts/programme_v6.sh gather DIR...     copy carried pieces to /tmp/d (folders in any order: split
+#                                             files are joined by part name and hash-checked);
 #                                             state-*.safetensors and manifest.json go to /tmp/d/state
 #   scripts/programme_v6.sh start MINUTES     install wheels, import a carried state (the tiers that
 #                                             came back: --allow-partial), train detached
@@ -25,7 +26,7 @@
 #                                             at home from the state (`training_state restorer`).
 set -euo pipefail
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-D=/tmp/d RUNS=/tmp/runs
+D=${D:-/tmp/d} RUNS=${RUNS:-/tmp/runs}
 if [ -z "${RUN:-}" ]; then RUN=$RUNS/v6; [ -f "$RUNS/best" ] && RUN=$RUNS/v6-$(cat "$RUNS/best"); fi
 STATE=$RUN/state
 # The programme's fixed recipe: one cosine horizon over every session (resume-safe: it depends on
@@ -62,13 +63,25 @@ gather)
     for dir in "$@"; do
         for f in "$dir"/*; do
             case "$f" in
-            *.part-*) base=$(basename "$f"); cat "$f" >>"$D/${base%%.part-*}" ;;
+            *.part-*) mkdir -p "$D/parts"; cp "$f" "$D/parts/" ;;
             */state-*.safetensors|*/manifest.json) mkdir -p "$D/state"; cp "$f" "$D/state/" ;;
             *) cp "$f" "$D/" ;;
             esac
         done
     done
-    ls -l "$D" "$D"/state 2>/dev/null || true; (cd "$D" && ls *.sha256 >/dev/null 2>&1 && sha256sum -c *.sha256 || true) ;;
+    # split files: join the parts by name (folders may come in any order) and check the whole
+    # file's hash (NAME.sha256, beside the last part); an incomplete set says so and is kept
+    for part in "$D"/parts/*.part-aa; do
+        [ -e "$part" ] || continue
+        base=$(basename "${part%.part-aa}")
+        cat "$D/parts/$base".part-* >"$D/$base.joining" && mv "$D/$base.joining" "$D/$base"
+        if [ -f "$D/$base.sha256" ] && (cd "$D" && sha256sum --quiet -c "$base.sha256"); then
+            echo "$base: complete, sha256 OK"
+        else
+            echo "$base: not complete yet (or no hash): $(ls "$D"/parts/"$base".part-* | wc -l) part(s) here"
+        fi
+    done
+    ls -l "$D" "$D"/state 2>/dev/null || true ;;
 start)
     minutes=$2
     install_wheels
