@@ -495,7 +495,7 @@ class FaceRestorePipeline:
         if len(arrays) < 2 or getattr(detector, "detect_batch", None) is None:
             return None, None, 0.0
         t0 = time.perf_counter()
-        rgb8 = self._threads.map(to_rgb8, arrays, workers) if workers > 1 else [to_rgb8(a) for a in arrays]
+        rgb8 = self._threads.map(to_rgb8, arrays, workers)  # on this thread when workers is 1
         with self._detect_lock:
             detected = detect_all(rgb8, detector)
         return rgb8, detected, (time.perf_counter() - t0) / len(arrays)

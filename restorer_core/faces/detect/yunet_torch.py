@@ -14,6 +14,7 @@ benchmarks/results/yunet_torch_agreement.md).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,14 +40,19 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
     return (overlap / s).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _area_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """area_weights on `device`, made once per size pair (a video's frames all share one)."""
+    return torch.from_numpy(area_weights(n_in, n_out)).to(device)
+
+
 def _resize_area(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B, 3, H, W] float -> [B, 3, h, w] (size = (w, h)) by area averaging, rounded as uint8 is."""
     _, _, h_in, w_in = batch.shape
     w_out, h_out = size
     if (w_out, h_out) == (w_in, h_in):
         return batch
-    wy = torch.from_numpy(area_weights(h_in, h_out)).to(batch.device)
-    wx = torch.from_numpy(area_weights(w_in, w_out)).to(batch.device)
+    wy, wx = _area_matrix(h_in, h_out, batch.device), _area_matrix(w_in, w_out, batch.device)
     out = torch.matmul(torch.matmul(wy, batch), wx.t())
     # cv2 rounds an integer-factor shrink (its box-average path) half up, any other half to even
     whole = w_in % w_out == 0 and h_in % h_out == 0
