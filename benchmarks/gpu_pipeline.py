@@ -74,6 +74,7 @@ class Settings:
     group_images: int
     max_seconds: float
     out: str
+    cpus_per_worker: list = field(default_factory=list)
 
 
 @dataclass
@@ -184,13 +185,22 @@ def cli_options(s: Settings, cache: Path):
 
 def cli_rows(name: str, restorer, s: Settings, inputs: dict, work: Path, bank, compile_dir: Optional[Path]) -> tuple:
     """(rows, pipeline) of the CLI path: video frames, group images, and the bare step."""
+    from restorer_core import threads
     from restorer_core.cli.run import RunSettings, run_restore
     from restorer_core.restore.pipeline import FaceRestorePipeline
+
+    default_cpw = threads.CPUS_PER_WORKER
 
     pipeline = FaceRestorePipeline(restorer, speed=s.speed, compile_cache=compile_dir)
     options = cli_options(s, work / "kv_cache")
     rows = []
-    for label, files in (("video", inputs["frames"]), ("group", inputs["groups"])):
+    runs = [(None, label, files) for label, files in (("video", inputs["frames"]), ("group", inputs["groups"]))]
+    runs += [(cpw, "video", inputs["frames"]) for cpw in s.cpus_per_worker]
+    for cpw, label, files in runs:
+        if cpw is not None:  # the CLI's file / locate threads: one per cpw cores (restorer_core.threads)
+            threads.CPUS_PER_WORKER = cpw
+            n = threads.cpu_workers(s.batch)
+            label = f"video, {n} CPU thread{'' if n == 1 else 's'}"
         t0 = time.perf_counter()
         warm = RunSettings(work / f"warm_{name}_{label}", images_per_chunk=s.batch, show_progress=False,
                            resume=False, rotate=False)
@@ -202,6 +212,7 @@ def cli_rows(name: str, restorer, s: Settings, inputs: dict, work: Path, bank, c
         report = run_restore(files, pipeline, bank, options, settings)
         wall = time.perf_counter() - t0
         rows.append(cli_row(name, label, report, wall, first))
+    threads.CPUS_PER_WORKER = default_cpw
     rows.append(step_row(name, pipeline, bank, options, s))
     return rows, pipeline
 
@@ -388,9 +399,9 @@ def targets(rows: list, s: Settings) -> list:
             out.append(f"{r.model}: nodes path {r.ms_per_face:.2f} ms/face = {ratio:.2f}x the step's "
                        f"{step[r.model]:.2f} ms/face (target <= {TARGET_NODES_RATIO}x): "
                        f"{'met' if ratio <= TARGET_NODES_RATIO else 'not met'}")
-        if r.path == "cli" and r.input == "video" and r.model == "full":
+        if r.path == "cli" and r.input.startswith("video") and r.model == "full":
             size = "320x180 (--quick)" if s.quick else "1920x1080"
-            out.append(f"full: {size} video through the CLI at {r.images_per_s:.1f} frames/s (target >= "
+            out.append(f"full: {size} {r.input} through the CLI at {r.images_per_s:.1f} frames/s (target >= "
                        f"{TARGET_VIDEO_FPS:.0f}): {'met' if r.images_per_s >= TARGET_VIDEO_FPS else 'not met'}")
     return out
 
@@ -422,8 +433,17 @@ def parse_args(argv=None) -> Settings:
     ap.add_argument("--group-images", type=int, default=None, help="copies of the 4-face image (default 8; 2 quick)")
     ap.add_argument("--max-seconds", type=float, default=270.0,
                     help="no further model is started after this many seconds")
+    ap.add_argument("--cpus-per-worker", default="",
+                    help="comma list: the CLI video row again with one file/locate thread per N cores "
+                         "(default: restorer_core.threads.CPUS_PER_WORKER only)")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     a = ap.parse_args(argv)
+    try:
+        cpws = [int(v) for v in a.cpus_per_worker.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--cpus-per-worker takes whole numbers, got {a.cpus_per_worker!r}")
+    if any(v < 1 for v in cpws):
+        ap.error("--cpus-per-worker values must be at least 1")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device; use --device cpu (with --quick)")
     models = [m for m in a.models.split(",") if m]
@@ -444,7 +464,7 @@ def parse_args(argv=None) -> Settings:
     if frames < 1 or groups < 1 or a.batch < 1:
         ap.error("--frames, --group-images and --batch must be at least 1")
     return Settings(a.device, dtype, a.quick, frames, a.batch, a.refs, models, paths, a.speed, a.strength,
-                    groups, a.max_seconds, a.out)
+                    groups, a.max_seconds, a.out, cpws)
 
 
 def main(argv=None) -> int:
@@ -481,7 +501,7 @@ def main(argv=None) -> int:
                 rows += new
             if "nodes" in s.paths:
                 rows += node_rows(pack, name, restorer, s, inputs)
-            for r in rows[-8:]:
+            for r in rows[-12:]:
                 if r.model == name:
                     print(f"{r.model:8s} {r.path:6s} {r.input:8s} {_fmt(r.images_per_s):>7s} img/s "
                           f"{_fmt(r.ms_per_face, '.2f'):>8s} ms/face  first {_fmt(r.first_run_s)} s", flush=True)
