@@ -173,7 +173,8 @@ class _CapturedStep:
                 self._run(fn)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # other threads (paste, detection: restore.streams) may allocate and copy during a capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = self._run(fn)
 
     def _run(self, fn: Callable) -> torch.Tensor:

@@ -29,6 +29,7 @@ from ..faces.records import AlignedFace
 from ..faces.identity import IdentityScorer
 from .paste import PasteConfig, paste_faces
 from .reference_cache import ReferenceCache
+from .streams import side_stream
 from ..io.report import KEPT, RESTORED, UNCHANGED, FaceRecord, ImageRecord
 from ..faces.select import FaceSelection
 from ..faces.temporal import strength_smoother
@@ -496,7 +497,7 @@ class FaceRestorePipeline:
             return None, None, 0.0
         t0 = time.perf_counter()
         rgb8 = self._threads.map(to_rgb8, arrays, workers)  # on this thread when workers is 1
-        with self._detect_lock:
+        with self._detect_lock, side_stream(self.device):  # beside the restorer's batch, not behind it
             detected = detect_all(rgb8, detector)
         return rgb8, detected, (time.perf_counter() - t0) / len(arrays)
 
@@ -591,7 +592,8 @@ class FaceRestorePipeline:
         t0 = time.perf_counter()
         changed = [f for f in faces if not f.info.get("kept")]
         if changed:
-            out, mask = paste_faces(arr, changed, options.paste, device=self.device)
+            with side_stream(self.device):  # file threads paste beside the restorer's next batch
+                out, mask = paste_faces(arr, changed, options.paste, device=self.device)
             record.status = RESTORED
         else:
             out, mask = arr, np.zeros(arr.shape[:2], np.float32)
