@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Paste-back of one 512 px face into a 1920x1080 frame, alone (no other thread, no restorer):
-ms per face on each device, then a torch profile of the device paste (kernel launches, copies,
-stream syncs). What the pipeline's paste costs without contention (issue 19).
+the torch operators one paste dispatches (on any device: what the Python thread spends its time
+launching), ms per face on each device, then a torch profile of the device paste (kernel launches,
+copies, stream syncs). What the pipeline's paste costs without contention (issue 19).
 
     python benchmarks/paste_alone.py [--devices cuda,cpu] [--repeats 20]
 """
@@ -33,6 +34,22 @@ def one_face_frame(seed: int = 0) -> tuple:
     return frame, face
 
 
+def operator_count(frame: np.ndarray, face) -> int:
+    """torch operators (views included) that one paste on the CPU dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        paste_faces(frame, [face], device="cpu")
+    return Count.calls
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -45,6 +62,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     frame, face = one_face_frame()
     devices = [d for d in a.devices.split(",") if d]
+    print(f"torch operators per paste: {operator_count(frame, face)}", flush=True)
     for dev in devices:
         for _ in range(3):
             paste_faces(frame, [face], device=dev)

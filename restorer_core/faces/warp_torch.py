@@ -141,49 +141,44 @@ def gaussian_blur(x: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------- warp
 
 
-def _sample_positions(matrix: np.ndarray, out_w: int, out_h: int, device: torch.device) -> tuple:
-    """Integer tap origins (x0, y0) int64 [h, w] and fractions (fx, fy) float32 [h, w] that
-    warpAffine reads for every output pixel (the source point of the output pixel centre)."""
-    m = torch.as_tensor(invert_affine(matrix), dtype=torch.float64, device=device)  # output -> source
-    xs = torch.arange(out_w, device=device, dtype=torch.float64)[None, :]
-    ys = torch.arange(out_h, device=device, dtype=torch.float64)[:, None]
-    cx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    cy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    x0, y0 = torch.floor(cx), torch.floor(cy)
-    return x0.long(), y0.long(), (cx - x0).float(), (cy - y0).float()
+_PADDING = {"replicate": "border", "reflect": "reflection", "constant": "zeros"}
 
 
-def _border_index(i: torch.Tensor, n: int, border: str) -> tuple:
-    """(index inside 0..n-1, inside mask or None) for tap indices i under the border mode."""
-    if border == "replicate":
-        return i.clamp(0, n - 1), None
-    if border == "reflect":
-        if n == 1:
-            return torch.zeros_like(i), None
-        period = 2 * n - 2
-        j = torch.remainder(i, period)
-        return torch.where(j >= n, period - j, j), None
-    inside = (i >= 0) & (i < n)
-    return i.clamp(0, n - 1), inside
+def _sample_grid(matrix: np.ndarray, out_w: int, out_h: int, src_w: int, src_h: int,
+                 device: torch.device) -> torch.Tensor:
+    """grid_sample's grid [1, h, w, 2] float64 (align_corners=True: -1 and 1 are the centres of the
+    first and last pixels): the source point of every output pixel centre, as OpenCV 5 computes it
+    for float images. One affine_grid of the composed map (output grid -> output pixels -> source
+    pixels -> source grid), made on the host in float64."""
+    to_pixels = np.array([[(out_w - 1) / 2.0, 0.0, (out_w - 1) / 2.0],
+                          [0.0, (out_h - 1) / 2.0, (out_h - 1) / 2.0], [0.0, 0.0, 1.0]])
+    to_grid = np.array([[2.0 / (src_w - 1), 0.0, -1.0], [0.0, 2.0 / (src_h - 1), -1.0], [0.0, 0.0, 1.0]])
+    inverse = np.vstack([invert_affine(matrix), [0.0, 0.0, 1.0]])  # output pixels -> source pixels
+    theta = torch.as_tensor((to_grid @ inverse @ to_pixels)[None, :2], dtype=torch.float64, device=device)
+    return torch.nn.functional.affine_grid(theta, [1, 1, out_h, out_w], align_corners=True)
 
 
 def _bilinear(src: torch.Tensor, matrix: np.ndarray, out_w: int, out_h: int, border: str,
               border_value: float) -> torch.Tensor:
-    """cv2.warpAffine(src, matrix, (out_w, out_h), INTER_LINEAR, border) of [C, H, W] float."""
-    c, h, w = src.shape
-    x0, y0, fx, fy = _sample_positions(matrix, out_w, out_h, src.device)
-    flat = src.reshape(c, h * w)
-    out = torch.zeros((c, out_h, out_w), dtype=src.dtype, device=src.device)
-    for dy, wy in ((0, 1.0 - fy), (1, fy)):
-        yi, y_in = _border_index(y0 + dy, h, border)
-        for dx, wx in ((0, 1.0 - fx), (1, fx)):
-            xi, x_in = _border_index(x0 + dx, w, border)
-            tap = flat[:, (yi * w + xi).reshape(-1)].reshape(c, out_h, out_w)
-            if x_in is not None:
-                tap = torch.where(x_in & y_in, tap, torch.as_tensor(border_value, dtype=src.dtype,
-                                                                     device=src.device))
-            out += tap * (wy * wx).to(src.dtype)
-    return out
+    """cv2.warpAffine(src, matrix, (out_w, out_h), INTER_LINEAR, border) of [C, H, W] float, in one
+    grid_sample in float64. Its padding modes match OpenCV's borders per tap with corner-aligned
+    coordinates: "border" is REPLICATE, "reflection" is REFLECT_101, "zeros" is CONSTANT 0 (a
+    constant v is sampled as zeros around src - v, plus v). A source one pixel wide or high gets
+    a second column / row (a copy, or the border value) so that the coordinates are defined."""
+    if border not in _PADDING:
+        raise ValueError(f"border must be one of {', '.join(_PADDING)}, got {border!r}")
+    x = src.to(torch.float64)
+    if border == "constant" and border_value:
+        x = x - border_value
+    for dim in (1, 2):
+        if x.shape[dim] == 1:  # the second sample sits where OpenCV's outside tap would read
+            x = torch.cat([x, x if border != "constant" else torch.zeros_like(x)], dim=dim)
+    grid = _sample_grid(matrix, out_w, out_h, x.shape[2], x.shape[1], x.device)
+    out = torch.nn.functional.grid_sample(x[None], grid, mode="bilinear", padding_mode=_PADDING[border],
+                                          align_corners=True)[0]
+    if border == "constant" and border_value:
+        out = out + border_value
+    return out.to(src.dtype)
 
 
 def warp_affine(image: torch.Tensor, matrix: np.ndarray, out_size: tuple[int, int], border: str = "replicate",
