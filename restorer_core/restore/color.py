@@ -79,19 +79,13 @@ def _binomial_blur_torch(x: Any, radius: int) -> Any:
     return k0 * rows[..., : w] + k1 * rows[..., r : r + w] + k2 * rows[..., 2 * r : 2 * r + w]
 
 
-def _wavelet_decompose_torch(image: Any, levels: int) -> tuple[Any, Any]:
-    squeeze = image.dim() == 3
-    low = image[None] if squeeze else image
-    high = None
+def _wavelet_low_torch(image: Any, levels: int) -> Any:
+    """The low-frequency part of wavelet_decompose on a tensor ([C, H, W] or [B, C, H, W]): the
+    image blurred by every level in turn (the high part is not needed here)."""
+    low = image[None] if image.dim() == 3 else image
     for level in range(levels):
-        blurred = _binomial_blur_torch(low, 2**level)
-        high = (low - blurred) if high is None else high + (low - blurred)
-        low = blurred
-    if high is None:
-        high = low * 0
-    if squeeze:
-        high, low = high[0], low[0]
-    return high, low
+        low = _binomial_blur_torch(low, 2**level)
+    return low[0] if image.dim() == 3 else low
 
 
 def _meanstd_torch(restored: Any, original: Any, eps: float) -> Any:
@@ -114,7 +108,7 @@ def wavelet_color_fix(restored: Any, original: Any, levels: int = 5, clip: bool 
         )
     if _is_torch(restored):
         # the blur stack is linear: high(r) + low(o) = r + low(o - r), one decomposition for two
-        _, low = _wavelet_decompose_torch(original.to(restored.dtype) - restored, levels)
+        low = _wavelet_low_torch(original.to(restored.dtype) - restored, levels)
         out = restored + low
         return out.clamp(0.0, 1.0) if clip else out
     high, _ = wavelet_decompose(restored, levels)
