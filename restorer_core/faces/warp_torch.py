@@ -146,16 +146,17 @@ _PADDING = {"replicate": "border", "reflect": "reflection", "constant": "zeros"}
 
 def _sample_grid(matrix: np.ndarray, out_w: int, out_h: int, src_w: int, src_h: int,
                  device: torch.device) -> torch.Tensor:
-    """grid_sample's grid [1, h, w, 2] float64 (align_corners=True: -1 and 1 are the centres of the
-    first and last pixels): the source point of every output pixel centre, as OpenCV 5 computes it
-    for float images. One affine_grid of the composed map (output grid -> output pixels -> source
-    pixels -> source grid), made on the host in float64."""
-    to_pixels = np.array([[(out_w - 1) / 2.0, 0.0, (out_w - 1) / 2.0],
-                          [0.0, (out_h - 1) / 2.0, (out_h - 1) / 2.0], [0.0, 0.0, 1.0]])
+    """grid_sample's grid [1, h, w, 2] float64 for align_corners=True (-1 and 1 are the centres of the
+    first and last source pixels): the source point of every output pixel centre, as OpenCV 5
+    computes it for float images. One affine_grid of the map composed on the host in float64:
+    output grid (affine_grid's pixel-centre one, defined for one-pixel outputs too) -> output pixels
+    -> source pixels -> source grid."""
+    to_pixels = np.array([[out_w / 2.0, 0.0, (out_w - 1) / 2.0],
+                          [0.0, out_h / 2.0, (out_h - 1) / 2.0], [0.0, 0.0, 1.0]])
     to_grid = np.array([[2.0 / (src_w - 1), 0.0, -1.0], [0.0, 2.0 / (src_h - 1), -1.0], [0.0, 0.0, 1.0]])
     inverse = np.vstack([invert_affine(matrix), [0.0, 0.0, 1.0]])  # output pixels -> source pixels
     theta = torch.as_tensor((to_grid @ inverse @ to_pixels)[None, :2], dtype=torch.float64, device=device)
-    return torch.nn.functional.affine_grid(theta, [1, 1, out_h, out_w], align_corners=True)
+    return torch.nn.functional.affine_grid(theta, [1, 1, out_h, out_w], align_corners=False)
 
 
 def _bilinear(src: torch.Tensor, matrix: np.ndarray, out_w: int, out_h: int, border: str,
