@@ -75,6 +75,7 @@ class Settings:
     max_seconds: float
     out: str
     cpus_per_worker: list = field(default_factory=list)
+    marks: str = ""
 
 
 @dataclass
@@ -183,6 +184,14 @@ def cli_options(s: Settings, cache: Path):
     return RestoreOptions(max_refs=s.refs, batch_size=s.batch, strength=strength, cache_dir=str(cache))
 
 
+def mark(s: Settings, run: str, event: str) -> None:
+    """With --marks, a line "EVENT RUN" appended to that file when a timed run starts or ends
+    (benchmarks/gil_profile.py samples the process between the two)."""
+    if s.marks:
+        with open(s.marks, "a", encoding="utf-8") as f:
+            f.write(f"{event} {run}\n")
+
+
 def cli_rows(name: str, restorer, s: Settings, inputs: dict, work: Path, bank, compile_dir: Optional[Path]) -> tuple:
     """(rows, pipeline) of the CLI path: video frames, group images, and the bare step."""
     from restorer_core import threads
@@ -208,9 +217,11 @@ def cli_rows(name: str, restorer, s: Settings, inputs: dict, work: Path, bank, c
         first = time.perf_counter() - t0
         settings = RunSettings(work / f"cli_{name}_{label}", images_per_chunk=s.batch, show_progress=False,
                                resume=False, rotate=False)
+        mark(s, f"{name} cli {label}", "start")
         t0 = time.perf_counter()
         report = run_restore(files, pipeline, bank, options, settings)
         wall = time.perf_counter() - t0
+        mark(s, f"{name} cli {label}", "end")
         rows.append(cli_row(name, label, report, wall, first))
     threads.CPUS_PER_WORKER = default_cpw
     rows.append(step_row(name, pipeline, bank, options, s))
@@ -436,6 +447,8 @@ def parse_args(argv=None) -> Settings:
     ap.add_argument("--cpus-per-worker", default="",
                     help="comma list: the CLI video row again with one file/locate thread per N cores "
                          "(default: restorer_core.threads.CPUS_PER_WORKER only)")
+    ap.add_argument("--marks", default="", metavar="FILE",
+                    help="append 'start RUN' / 'end RUN' lines here around each timed CLI run")
     ap.add_argument("--out", default=os.environ.get("OUT", "./bench_out"))
     a = ap.parse_args(argv)
     try:
@@ -464,7 +477,7 @@ def parse_args(argv=None) -> Settings:
     if frames < 1 or groups < 1 or a.batch < 1:
         ap.error("--frames, --group-images and --batch must be at least 1")
     return Settings(a.device, dtype, a.quick, frames, a.batch, a.refs, models, paths, a.speed, a.strength,
-                    groups, a.max_seconds, a.out, cpws)
+                    groups, a.max_seconds, a.out, cpws, a.marks)
 
 
 def main(argv=None) -> int:
