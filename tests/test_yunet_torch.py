@@ -13,7 +13,8 @@ import torch
 from restorer_core.faces.detect import create_detector, detect_device
 from restorer_core.faces.detect.base import downscale_for_detection
 from restorer_core.faces.detect.yunet_net import ONNX_FILE, TORCH_FILE, load_yunet, weights_from_onnx
-from restorer_core.faces.detect.yunet_torch import YuNetTorchDetector, _resize_area, area_weights
+from restorer_core.faces.detect.yunet_torch import YuNetTorchDetector, _resize_area
+from restorer_core.faces.warp_torch import area_weights
 
 FAMILY = Path(__file__).resolve().parents[1] / "examples" / "family_10045.png"
 

@@ -2,7 +2,7 @@
 network (yunet_net.YuNet), so a GPU run detects a chunk of video frames in one pass (issue 19).
 
 Same steps as the CPU backend (BaseDetector + OpenCV's FaceDetectorYN): shrink to the detection
-size with area averaging (cv2.INTER_AREA's weights, as matrices on the device) and round to 8 bits,
+size with area averaging (cv2.INTER_AREA's weights, as matrices on the device: warp_torch.resize) and round to 8 bits,
 BGR, zero-pad to multiples of 32, run the network, score = sqrt(cls * obj), decode boxes and
 landmarks per cell and stride, then OpenCV's NMS on integer boxes (on the host: only the few
 candidates above the threshold leave the device). detect() (shrunk on the host by cv2) gives
@@ -14,7 +14,6 @@ benchmarks/results/yunet_torch_agreement.md).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,28 +21,11 @@ import numpy as np
 import torch
 
 from ..records import DetectedFace
+from ..warp_torch import resize
 from .base import BaseDetector, DetectorConfig, check_rgb8, detection_size, nms
 from .yunet_net import STRIDES, TORCH_FILE, load_yunet
 
 DIVISOR = 32
-
-
-def area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] weights of area averaging (cv2.INTER_AREA when shrinking): output pixel i
-    averages input span [i * s, (i + 1) * s), s = n_in / n_out, each input pixel weighted by its
-    overlap with the span."""
-    s = n_in / n_out
-    edges = np.arange(n_out + 1, dtype=np.float64) * s
-    lo, hi = edges[:-1, None], edges[1:, None]
-    px = np.arange(n_in, dtype=np.float64)[None, :]
-    overlap = np.clip(np.minimum(hi, px + 1.0) - np.maximum(lo, px), 0.0, None)
-    return (overlap / s).astype(np.float32)
-
-
-@lru_cache(maxsize=8)
-def _area_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """area_weights on `device`, made once per size pair (a video's frames all share one)."""
-    return torch.from_numpy(area_weights(n_in, n_out)).to(device)
 
 
 def _resize_area(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -52,8 +34,7 @@ def _resize_area(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     w_out, h_out = size
     if (w_out, h_out) == (w_in, h_in):
         return batch
-    wy, wx = _area_matrix(h_in, h_out, batch.device), _area_matrix(w_in, w_out, batch.device)
-    out = torch.matmul(torch.matmul(wy, batch), wx.t())
+    out = resize(batch, (h_out, w_out), "area")  # its weight matrices are made once per size and device
     # cv2 rounds an integer-factor shrink (its box-average path) half up, any other half to even
     whole = w_in % w_out == 0 and h_in % h_out == 0
     return (out.add_(0.5).floor_() if whole else out.round_()).clamp_(0, 255)
