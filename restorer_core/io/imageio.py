@@ -5,9 +5,10 @@ Pillow decodes almost everything but silently truncates 16-bit colour PNGs to 8 
 EXIF orientation is applied with numpy so every decoder path ends up upright.
 The file's metadata (ICC profile, EXIF with the orientation reset to 1, JPEG quantisation
 tables and chroma subsampling, PNG text chunks) is kept in `LoadedImage.metadata`, and
-`save_image(..., metadata=)` writes it back: JPEG and WEBP through Pillow (JPEG with the
-input's own quantisation tables, so the quality matches), PNG through OpenCV (any bit depth)
-with the chunks added by hand; TIFF and BMP are written without metadata.
+`save_image(..., metadata=)` writes it back: JPEG (with the input's own quantisation tables,
+so the quality matches) through OpenCV where it can write them (jpeg_opencv), else Pillow; WEBP
+through Pillow; PNG through OpenCV (any bit depth) with the chunks added by hand; TIFF and BMP
+are written without metadata.
 Every write goes to a temporary file in the destination folder that is then moved into place,
 so a crash never leaves a half-written image behind and an existing file is never replaced
 unless the caller asks for it.
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .atomic import write_bytes_atomic
+from .jpeg_opencv import encode_jpeg
 from ..errors import ImageReadError, RestorerError
 
 PathLike = Union[str, os.PathLike]
@@ -455,7 +457,14 @@ def _encode(path: Path, pixels: np.ndarray, bit_depth: Optional[int],
 
 def _encode_pillow(ext: str, arr: np.ndarray, meta: ImageMetadata, marker: Optional[dict]) -> bytes:
     """JPEG (the input's quantisation tables and subsampling when it was a JPEG, else quality 95)
-    and WEBP (quality 95), with ICC and EXIF; JPEG outputs carry the marker as a comment."""
+    and WEBP (quality 95), with ICC and EXIF; JPEG outputs carry the marker as a comment. JPEGs
+    go through OpenCV where it writes the same tables (jpeg_opencv: it releases the interpreter
+    lock, Pillow's encoder does not), else through Pillow."""
+    comment = None if marker is None else OUTPUT_MARKER.encode() + b":" + json.dumps(marker, sort_keys=True).encode()
+    if ext != ".webp":
+        data = encode_jpeg(arr, meta.jpeg_qtables, meta.jpeg_subsampling, meta.icc_profile, meta.exif, comment)
+        if data is not None:
+            return data
     image = Image.fromarray(arr)
     kwargs: dict = {}
     if meta.icc_profile:
@@ -474,8 +483,8 @@ def _encode_pillow(ext: str, arr: np.ndarray, meta: ImageMetadata, marker: Optio
             kwargs["subsampling"] = meta.jpeg_subsampling
     else:
         kwargs["quality"] = 95
-    if marker is not None:
-        kwargs["comment"] = OUTPUT_MARKER.encode() + b":" + json.dumps(marker, sort_keys=True).encode()
+    if comment is not None:
+        kwargs["comment"] = comment
     image.save(buf, format="JPEG", **kwargs)
     return buf.getvalue()
 
