@@ -109,3 +109,29 @@ def test_new_jpeg_without_tables_is_quality_95_either_way(tmp_path, monkeypatch)
     assert _tables(ours.read_bytes()) == _tables(pillows.read_bytes()) == standard_tables(95)
     a, b = (np.asarray(Image.open(p), np.int16) for p in (ours, pillows))
     assert np.abs(a - b).mean() < 0.5
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_decode_through_opencv_equals_pillows_pixels(tmp_path, mode, monkeypatch):
+    pixels = _photo(90, 70) if mode == "RGB" else _photo(90, 70)[..., 1]
+    path = tmp_path / "in.jpg"
+    Image.fromarray(pixels).save(path, quality=80, subsampling=2)
+    with Image.open(path) as im:
+        pillows = np.asarray(im)
+    loaded = load_image(path)
+    assert loaded.pixels.dtype == np.uint8 and np.array_equal(loaded.pixels, pillows)
+    calls = []
+    real = imageio._pil_to_array
+    monkeypatch.setattr(imageio, "_pil_to_array", lambda *a: calls.append(1) or real(*a))
+    load_image(path)
+    assert calls == []  # OpenCV decoded it
+
+
+def test_jpeg_without_its_end_marker_is_left_to_pillow(tmp_path):
+    from restorer_core.errors import ImageReadError
+
+    buf = io.BytesIO()
+    Image.fromarray(_photo()).save(buf, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:-40])
+    with pytest.raises(ImageReadError, match="truncated or corrupt"):
+        load_image(tmp_path / "cut.jpg")

@@ -2,7 +2,8 @@
 
 Pillow decodes almost everything but silently truncates 16-bit colour PNGs to 8 bits, so those
 (and anything Pillow cannot open, e.g. some 16-bit TIFFs) are decoded with OpenCV instead.
-EXIF orientation is applied with numpy so every decoder path ends up upright.
+Complete 8-bit RGB / grey JPEGs are decoded by OpenCV (Pillow's pixels exactly; it releases the
+interpreter lock). EXIF orientation is applied with numpy so every decoder path ends up upright.
 The file's metadata (ICC profile, EXIF with the orientation reset to 1, JPEG quantisation
 tables and chroma subsampling, PNG text chunks) is kept in `LoadedImage.metadata`, and
 `save_image(..., metadata=)` writes it back: JPEG (with the input's own quantisation tables,
@@ -228,6 +229,27 @@ def _pil_to_array(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
 
 
+def _decode_jpeg_cv2(path: Path, im: Image.Image) -> Optional[np.ndarray]:
+    """A complete 8-bit RGB or grey JPEG decoded by OpenCV (the same libjpeg-turbo pixels as
+    Pillow's, but it releases the interpreter lock, so reader threads overlap); None for anything
+    else, which Pillow decodes. Complete: the data ends with the EOI marker, so a truncated file
+    still reaches Pillow, which refuses it."""
+    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+        return None
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:
+        return None
+    grey = im.mode == "L"
+    flags = (cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        arr = cv2.imdecode(data, flags)
+    except cv2.error:
+        return None
+    if arr is None or arr.shape[:2] != (im.height, im.width):
+        return None
+    return arr if grey else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
 def load_image(path: PathLike) -> LoadedImage:
     """Read an image file: upright, in its own bit depth, grayscale kept as HxW.
 
@@ -253,10 +275,12 @@ def load_image(path: PathLike) -> LoadedImage:
                     "would be restored. Extract the frames first (e.g. `ffmpeg -i IN frame_%04d.png`) "
                     "and restore those.")
             orientation = im.getexif().get(_EXIF_ORIENTATION)
-            im.load()
             mode = im.mode
             metadata = _read_metadata(im)
-            pixels = _pil_to_array(im, path)
+            pixels = _decode_jpeg_cv2(path, im)
+            if pixels is None:
+                im.load()
+                pixels = _pil_to_array(im, path)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
             f"{path} is larger than Pillow's safety limit ({exc}). If you trust the file, raise "

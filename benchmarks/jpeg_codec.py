@@ -1,7 +1,8 @@
-"""JPEG encodes per second of a 1080p frame through Pillow and through OpenCV (jpeg_opencv), in
-1..N threads: Pillow's encoder keeps the interpreter lock, so its threads do not add up.
+"""JPEG encodes and decodes per second of a 1080p frame through Pillow and through OpenCV (the
+pack's paths: jpeg_opencv, imageio._decode_jpeg_cv2), in 1..N threads: Pillow's encoder keeps the
+interpreter lock, so its threads do not add up.
 
-    python benchmarks/jpeg_encode.py [--threads 1 2] [--seconds 4] [--out benchmarks/results/jpeg_encode.md]
+    python benchmarks/jpeg_codec.py [--threads 1 2] [--seconds 4] [--out benchmarks/results/jpeg_codec.md]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -42,8 +44,18 @@ def _opencv(arr: np.ndarray, tables) -> bytes:
     return data
 
 
-def rate(encoder, arr: np.ndarray, tables, threads: int, seconds: float) -> float:
-    """Encodes per second of all threads together over `seconds`."""
+def _pillow_decode(data: bytes, _=None) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def _opencv_decode(data: bytes, _=None) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def rate(encoder, arr, tables, threads: int, seconds: float) -> float:
+    """Calls per second of all threads together over `seconds`."""
     counts = [0] * threads
     stop = time.perf_counter() + seconds
 
@@ -69,23 +81,25 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     arr, tables = frame(), standard_tables(args.quality)
-    _pillow(arr, tables), _opencv(arr, tables)  # warm both
+    data = _pillow(arr, tables)
+    assert np.array_equal(_pillow_decode(data), _opencv_decode(data)), "decoders disagree"
     rows = []
-    for threads in args.threads:
-        p = rate(_pillow, arr, tables, threads, args.seconds)
-        o = rate(_opencv, arr, tables, threads, args.seconds)
-        rows.append((threads, p, o))
-        print(f"threads {threads}: pillow {p:.1f}/s, opencv {o:.1f}/s", flush=True)
+    for what, pil, ocv, x in (("encode", _pillow, _opencv, arr), ("decode", _pillow_decode, _opencv_decode, data)):
+        for threads in args.threads:
+            p = rate(pil, x, tables, threads, args.seconds)
+            o = rate(ocv, x, tables, threads, args.seconds)
+            rows.append((what, threads, p, o))
+            print(f"{what}, threads {threads}: pillow {p:.1f}/s, opencv {o:.1f}/s", flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end"
     lines = [
-        f"# JPEG encodes of a 1920x1080 frame (quality {args.quality} tables, 4:2:0), Pillow vs OpenCV",
+        f"# JPEG encodes and decodes of a 1920x1080 frame (quality {args.quality} tables, 4:2:0), Pillow vs OpenCV",
         "",
-        f"Run: `python benchmarks/jpeg_encode.py --threads {' '.join(map(str, args.threads))}` on {machine}; "
-        f"{args.seconds:g} s per cell.",
+        f"Run: `python benchmarks/jpeg_codec.py --threads {' '.join(map(str, args.threads))}` on {machine}; "
+        f"{args.seconds:g} s per cell. The two decoders' pixels are equal (checked).",
         "",
-        "| threads | Pillow encodes/s | OpenCV encodes/s |",
-        "|---|---|---|",
-        *[f"| {t} | {p:.1f} | {o:.1f} |" for t, p, o in rows],
+        "| what | threads | Pillow per s | OpenCV per s |",
+        "|---|---|---|---|",
+        *[f"| {w} | {t} | {p:.1f} | {o:.1f} |" for w, t, p, o in rows],
     ]
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
