@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..restorer_core.restore.detail import AUTO
+from ..restorer_core.restore.identity_gate import NO_REFS_STRENGTH
 from ..restorer_core.restore.paste import PasteConfig
 from ..restorer_core.restore.pipeline import RestoreOptions
 from . import comfy_bridge as cb
@@ -53,8 +54,9 @@ def optional_restore_inputs() -> dict:
                               "tooltip": "On (default): each face's strength comes from the detail (and the "
                                          "noise) it has at the restorer's resolution: sharp or large faces are "
                                          "kept exactly as they are, blurred, grainy or small ones are fully "
-                                         "restored; the report lists each face's strength. Off: the strength "
-                                         "value is used for every face."})}
+                                         f"restored (without references at {NO_REFS_STRENGTH:g} of that: a full-strength guess "
+                                         "moves a blurred face away from its person); the report lists each "
+                                         "face's strength. Off: the strength value is used for every face."})}
 
 
 def make_options(mode: str, max_refs: int, strength: float, seed: int, batch_size: int,

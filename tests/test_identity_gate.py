@@ -150,3 +150,70 @@ def test_cli_flag_reaches_the_restore_options(tmp_path):
     assert plans["off"].identity_gate is False
     assert plans["on"].identity_gate is True and plans["on"].identity_gate_threshold == 0.6
     assert plans["0.7"].identity_gate is True and plans["0.7"].identity_gate_threshold == 0.7
+
+
+# ----------------------------------------------------------------------------- no-references strength
+
+
+def _auto_at(pipe, monkeypatch, value: float) -> None:
+    """The automatic strength measure says `value` for every face (no DetailEstimate)."""
+    monkeypatch.setattr(pipe, "_strength", lambda f, options: (value, None))
+
+
+def test_automatic_strength_without_references_is_scaled(pipe, monkeypatch):
+    from restorer_core.restore.identity_gate import NO_REFS_STRENGTH, no_refs_scale
+
+    old = with_runner(pipe, lambda x, refs, mode, generator=None: 1.0 - x)
+    try:
+        _auto_at(pipe, monkeypatch, 0.8)
+        scaled = pipe.restore_faces([face(0)], None, RestoreOptions(no_refs_strength=0.75))[0]
+        _auto_at(pipe, monkeypatch, 0.6)
+        unscaled = pipe.restore_faces([face(0)], None, RestoreOptions(no_refs_strength=1.0))[0]
+    finally:
+        pipe.runner = old
+    assert scaled.info["strength"] == pytest.approx(0.6) and scaled.info["no_refs_scale"] == 0.75
+    assert "no_refs_scale" not in unscaled.info
+    np.testing.assert_allclose(scaled.restored, unscaled.restored, atol=1e-6)  # 0.8 x 0.75 blends as 0.6
+    assert RestoreOptions().no_refs_strength == NO_REFS_STRENGTH
+    assert no_refs_scale(False, False, 0.75) == 1.0 and no_refs_scale(True, True, 0.75) == 1.0
+
+
+def test_manual_strength_and_references_are_not_scaled(pipe, monkeypatch):
+    from dataclasses import replace
+
+    old = with_runner(pipe, lambda x, refs, mode, generator=None: 1.0 - x)
+    try:
+        manual = pipe.restore_faces([face(1)], None, RestoreOptions(strength=1.0))[0]
+        cond = replace(pipe.conditioning(None, RestoreOptions()), use_references=True)
+        monkeypatch.setattr(pipe, "conditioning", lambda bank, options: cond)
+        _auto_at(pipe, monkeypatch, 0.8)
+        with_refs = pipe.restore_faces([face(1)], None, RestoreOptions(), refs=object())[0]
+    finally:
+        pipe.runner = old
+    assert manual.info["strength"] == 1.0 and "no_refs_scale" not in manual.info
+    assert with_refs.info["strength"] == 0.8 and "no_refs_scale" not in with_refs.info
+
+
+def test_no_refs_strength_option_is_checked_and_reaches_the_cli(tmp_path):
+    import cv2
+
+    from restorer_core.cli.app import build_parser
+    from restorer_core.cli.args import check_numbers
+    from restorer_core.cli.plan import validate
+    from restorer_core.cli.usage import UsageError
+
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        RestoreOptions(no_refs_strength=1.5)
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
+    parse = build_parser().parse_args
+    args = parse(["restore", str(image), "--out", str(tmp_path / "a"), "--no-refs-strength", "1"])
+    check_numbers(args)
+    assert validate(args).options.no_refs_strength == 1.0
+    args = parse(["restore", str(image), "--out", str(tmp_path / "b")])
+    check_numbers(args)
+    assert args.no_refs_strength == 0.75 and validate(args).options.no_refs_strength == 0.75
+    args = parse(["restore", str(image), "--out", str(tmp_path / "c"), "--no-refs-strength", "2"])
+    check_numbers(args)
+    with pytest.raises(UsageError, match="no-references strength"):
+        validate(args)

@@ -299,7 +299,7 @@ def test_pipeline_follows_automatic_strength_only_with_the_temporal_option(monke
     for name, strength, temporal in (("per frame", "auto", False), ("temporal", "auto", True),
                                      ("manual", 0.4, True), ("manual 0", 0.0, True)):
         monkeypatch.setattr(pipeline_module, "face_strength", ScriptedStrength(raw))
-        options = RestoreOptions(detector="fake", crop_size=64, strength=strength,
+        options = RestoreOptions(detector="fake", crop_size=64, strength=strength, no_refs_strength=1.0,
                                  temporal=LandmarkSmoother() if temporal else None)
         pipe.add_detector(options, Detector())
         faces = []
@@ -334,7 +334,7 @@ def test_faces_tracked_by_smooth_frames_follow_their_strength_in_one_call(monkey
     for tracked in (False, True):
         faces = [f for per in (smooth_frames(frames) if tracked else frames) for f in per]
         monkeypatch.setattr(pipeline_module, "face_strength", ScriptedStrength(raw))
-        out = pipe.restore_faces(faces, None, RestoreOptions(crop_size=64))
+        out = pipe.restore_faces(faces, None, RestoreOptions(crop_size=64, no_refs_strength=1.0))
         strengths = [f.info["strength"] for f in out]
         if tracked:
             assert strengths[0] == 0.0 and all(s > 0.0 for s in strengths[1:])

@@ -57,6 +57,10 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise UsageError(f"--strength must be 'auto' or a number from 0 to 1, got {args.strength!r}") from None
     if hasattr(args, "identity_gate"):
         args.identity_gate = parse_identity_gate(args.identity_gate)
+    if getattr(args, "no_refs_strength", 0.0) is None:  # the library's default, named in the report's settings
+        from ..restore.identity_gate import NO_REFS_STRENGTH
+
+        args.no_refs_strength = NO_REFS_STRENGTH
 
 
 def parse_identity_gate(value) -> "float | None":

@@ -194,6 +194,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                         "input's identity (the pack's embedder: cosine below T, 'on' = the tuned default); off "
                         "(default): the measured held-out gain is not there yet (README, Benchmarks). Does "
                         "nothing with references")
+    r.add_argument("--no-refs-strength", type=float, default=None, metavar="F",
+                   help="without references, scale the automatic strength by F (default 0.75: a full-strength "
+                        "guess of a blurred face's identity moves it further from the person; held-out people, dlib, "
+                        "x4: -0.017 -> -0.005 below the input, for less detail; README). 1: full strength. Manual "
+                        "--strength values are used as given")
     r.add_argument("--crop-size", type=int, default=None,
                    help="aligned crop size (default: max(model resolution, 512))")
     r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",

@@ -7,6 +7,9 @@ embedder (restorer_core.faces.identity), and keeps the largest fraction whose co
 input's embedding stays at or above `threshold` (none: the input face, strength 0). A restored
 face that keeps its input's identity is left at its strength. With references the gate does
 nothing: the references, not the input, say who the person is.
+Always on, without a measure per face: an automatic strength without references is scaled by
+NO_REFS_STRENGTH (RestoreOptions.no_refs_strength): a full-strength guess of a blurred face's
+identity moves it further from the person than a partial one.
 
 The threshold was tuned on training-split people with the pack's embedder
 (benchmarks/identity_gate_tune.py); benchmarks/quality.py checks it on held-out people with dlib.
@@ -22,6 +25,27 @@ import torch
 
 DEFAULT_THRESHOLD = 0.6  # the largest threshold costing <= 0.01 of the pack embedder's x8 similarity (training people)
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # of the face's strength, tried largest first; 0 is the fallback
+# Without references an automatic strength is scaled by this: of 1, .75, .5, .25 the one whose blend came
+# closest to the clean face with the pack's embedder at x4, x8 and x16 together, on held-out people's
+# photos the quality benchmark does not use (benchmarks/results/identity_gate_tune_v6_heldout.md).
+NO_REFS_STRENGTH = 0.75
+
+
+def check_no_refs_strength(value: float) -> float:
+    """A no-references strength scale in 0..1 (1: none); ValueError saying what is allowed otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the no-references strength must be a number from 0 to 1, got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"the no-references strength must be from 0 to 1, got {v}")
+    return v
+
+
+def no_refs_scale(automatic: bool, use_references: bool, scale: float) -> float:
+    """The policy in one place: an automatic strength without references is scaled by `scale`;
+    a manual strength, or any strength with references, is left as it is (1.0)."""
+    return float(scale) if automatic and not use_references else 1.0
 
 
 def check_threshold(value: float) -> float:

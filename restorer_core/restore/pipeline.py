@@ -20,7 +20,8 @@ import torch
 
 from .conditioning import Capabilities, Conditioning, decide
 from .detail import AUTO, check_strength, face_strength, kept_reason
-from .identity_gate import DEFAULT_THRESHOLD, check_threshold, gate_applies, gate_strengths
+from .identity_gate import (DEFAULT_THRESHOLD, NO_REFS_STRENGTH, check_no_refs_strength, check_threshold,
+                            gate_applies, gate_strengths, no_refs_scale)
 from ..errors import CancelledError
 from ..options import SPEEDS
 from ..threads import ThreadMap
@@ -64,7 +65,8 @@ class RestoreOptions:
     identity_gate: without references, pull a face's strength back where the restored face drifts
     from the input's identity (restorer_core.restore.identity_gate; the pack's embedder, cosine below
     identity_gate_threshold); off by default (see the docs for the measurements). Does nothing with
-    references.
+    references. no_refs_strength: without references, an automatic strength is scaled by it (1: not
+    at all); manual strengths are used as given.
     """
 
     mode: str = "auto"
@@ -83,9 +85,11 @@ class RestoreOptions:
     temporal: Optional[Any] = None
     identity_gate: bool = False
     identity_gate_threshold: float = DEFAULT_THRESHOLD
+    no_refs_strength: float = NO_REFS_STRENGTH
 
     def __post_init__(self) -> None:
         self.identity_gate_threshold = check_threshold(self.identity_gate_threshold)
+        self.no_refs_strength = check_no_refs_strength(self.no_refs_strength)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         self.strength = check_strength(self.strength)
@@ -390,6 +394,7 @@ class FaceRestorePipeline:
         total, done, out = len(ordered), 0, []
         res = self.resolution
         follow = strength_smoother(options.temporal, ordered) if options.strength == AUTO else None
+        scale = no_refs_scale(options.strength == AUTO, cond.use_references, options.no_refs_strength)
         for start in range(0, total, options.batch_size):
             if should_cancel is not None and should_cancel():
                 raise CancelledError(f"cancelled after {done} of {total} faces; nothing was written "
@@ -399,6 +404,8 @@ class FaceRestorePipeline:
             decided = [self._strength(f, options) for f in chunk]
             if follow is not None:  # frames of a clip: each track's automatic strength over time
                 decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
+            if scale != 1.0:
+                decided = [(s * scale, est) for s, est in decided]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs, gates = {}, {}
             if work:
@@ -427,6 +434,8 @@ class FaceRestorePipeline:
                 new = face.with_restored(restored)
                 new.info.pop(MEASURED_AHEAD, None)
                 new.info["strength"] = strength
+                if scale != 1.0:
+                    new.info["no_refs_scale"] = scale
                 if kept:
                     new.info["kept"] = kept
                 if gate is not None:
