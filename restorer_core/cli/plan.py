@@ -34,15 +34,11 @@ class RestorePlan:
     images_per_chunk: int
 
 
-def _or_default(value, default):
-    return default if value is None else value
-
-
 def validate(args: argparse.Namespace) -> RestorePlan:
     """Step 1: every check that needs no model. Raises UsageError; writes nothing."""
     from ..io.outputs import check_folder_writable, settings_digest
     from ..restore.paste import PasteConfig
-    from ..restore.identity_gate import NO_REFS_STRENGTH, option_fields
+    from ..restore.identity_gate import option_fields
     from ..restore.pipeline import RestoreOptions
 
     out_dir = Path(args.out)
@@ -68,8 +64,8 @@ def validate(args: argparse.Namespace) -> RestorePlan:
                                  detector=args.detector, detector_model=args.detector_model,
                                  crop_size=args.crop_size, detail_transfer=args.detail_transfer,
                                  cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                                 no_refs_strength=_or_default(getattr(args, "no_refs_strength", None),
-                                                              NO_REFS_STRENGTH),
+                                 **({} if getattr(args, "no_refs_strength", None) is None
+                                    else {"no_refs_strength": args.no_refs_strength}),
                                  **option_fields(getattr(args, "identity_gate", None)))
         if args.video:
             from ..faces.temporal import LandmarkSmoother
