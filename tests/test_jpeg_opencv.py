@@ -135,3 +135,14 @@ def test_jpeg_without_its_end_marker_is_left_to_pillow(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:-40])
     with pytest.raises(ImageReadError, match="truncated or corrupt"):
         load_image(tmp_path / "cut.jpg")
+
+
+def test_every_quality_is_found_again_and_the_lookup_cannot_be_corrupted():
+    for q in range(1, 101):
+        tables = standard_tables(q)
+        found = standard_quality(tables)
+        assert standard_tables(found) == tables and found >= q  # the highest quality with these tables
+        assert standard_quality(tables[:1]) >= q
+        tables[0][0] += 1  # a caller editing its copy changes nothing cached
+        assert standard_quality(standard_tables(q)) == found
+    assert standard_quality([[16] * 63]) is None and standard_quality([["x"] * 64]) is None

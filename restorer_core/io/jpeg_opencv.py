@@ -11,6 +11,7 @@ own segments after OpenCV's JFIF header. Anything else returns None and Pillow w
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,25 +33,40 @@ _MAX_SEGMENT = 65533  # payload bytes of one marker segment (length field counts
 _ICC_CHUNK = _MAX_SEGMENT - 14  # 'ICC_PROFILE\0' + sequence number + count
 
 
+@lru_cache(maxsize=None)
+def _tables(quality: int) -> tuple:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return tuple(tuple(min(max((v * scale + 50) // 100, 1), 255) for v in table) for table in (_LUMA, _CHROMA))
+
+
+@lru_cache(maxsize=1)
+def _quality_of_tables() -> dict:
+    """{luma tables: quality, (luma, chroma): quality}; where qualities share tables the highest wins."""
+    found: dict = {}
+    for q in range(1, 101):
+        luma, chroma = _tables(q)
+        found[(luma,)] = found[(luma, chroma)] = q
+    return found
+
+
 def standard_tables(quality: int) -> list:
     """libjpeg's jpeg_set_quality tables (baseline, 1..255) for quality 1..100: [luma, chroma]."""
-    q = min(max(int(quality), 1), 100)
-    scale = 5000 // q if q < 50 else 200 - 2 * q
-    return [[min(max((v * scale + 50) // 100, 1), 255) for v in table] for table in (_LUMA, _CHROMA)]
+    return [list(t) for t in _tables(min(max(int(quality), 1), 100))]
 
 
 def standard_quality(qtables: Optional[Sequence[Sequence[int]]]) -> Optional[int]:
     """The quality whose standard tables equal qtables (one table for grey, two for colour), else
-    None. No tables: 95, the pack's quality for outputs of non-JPEG inputs."""
+    None. No tables: 95, the pack's quality for outputs of non-JPEG inputs. A dictionary lookup:
+    the video path asks once per written frame."""
     if not qtables:
         return 95
-    wanted = [list(t) for t in qtables]
-    if len(wanted) not in (1, 2) or any(len(t) != 64 for t in wanted):
+    if len(qtables) not in (1, 2) or any(len(t) != 64 for t in qtables):
         return None
-    for q in range(100, 0, -1):
-        if standard_tables(q)[:len(wanted)] == wanted:
-            return q
-    return None
+    try:
+        key = tuple(tuple(int(v) for v in t) for t in qtables)
+    except (TypeError, ValueError):
+        return None
+    return _quality_of_tables().get(key)
 
 
 def _segment(marker: int, payload: bytes) -> bytes:
