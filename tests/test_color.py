@@ -75,3 +75,26 @@ def test_dispatch_and_errors():
         apply_color_fix(restored, original, "histogram")
     with pytest.raises(ValueError, match="shape mismatch"):
         wavelet_color_fix(restored, original[:64])
+
+
+def test_gpu_blur_form_equals_the_cpu_form_and_the_numpy_blur(monkeypatch):
+    """The GPU's dilated convolution, run here on the CPU, equals the shifted sums and cv2 to
+    float rounding at every level's radius, borders included; non-CPU tensors take it."""
+    torch = pytest.importorskip("torch")
+    from restorer_core.restore import color
+
+    original, texture = _scene(5)
+    image = np.clip(original + texture, 0, 1).astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].repeat(2, 1, 1, 1)
+    x[1] = x[1].flip(-1)
+    for radius in (1, 2, 4, 8, 16):
+        conv, shifted = color._binomial_blur_conv(x, radius), color._binomial_blur_shifted(x, radius)
+        assert conv.shape == x.shape and torch.allclose(conv, shifted, atol=2e-6)
+        ref = color.wavelet_blur(image, radius)
+        assert np.abs(conv[0].numpy().transpose(1, 2, 0) - ref).max() < 2e-6
+    assert not torch.allclose(color._binomial_blur_conv(x, 4), color._binomial_blur_conv(x, 2))
+    used = []
+    monkeypatch.setattr(color, "_binomial_blur_conv", lambda t, r: used.append(t.device.type) or t)
+    color._binomial_blur_torch(torch.zeros((1, 3, 8, 8), device="meta"), 2)
+    color._binomial_blur_torch(torch.zeros((1, 3, 8, 8)), 2)
+    assert used == ["meta"]

@@ -275,3 +275,16 @@ def test_detail_transfer_keeps_large_faces_sharp():
     small = AlignedFace(crop=crop[:64, :64].copy(), matrix=np.eye(2, 3), inverse=np.eye(2, 3), detection=det)
     out = pipe.restore_faces([small], options=RestoreOptions())[0].restored
     assert np.abs(out - small.crop).max() < 1e-5  # at the native size nothing is added
+
+
+def test_paste_without_mask_gives_the_same_pixels(pipeline, group_photo):
+    """The CLI pastes with mask=False (it writes no mask): same pixels, no frame-sized mask."""
+    options = RestoreOptions(batch_size=2, strength=1.0)
+    located = pipeline.locate_images([group_photo], options=options)
+    with_mask, without = (pipeline.finish_images(located, options=options, paste=False)[0] for _ in range(2))
+    pipeline.paste_result(with_mask, options)
+    pipeline.paste_result(without, options, mask=False)
+    assert without.pasted and without.mask is None and without.record.status == with_mask.record.status == "restored"
+    assert with_mask.mask.max() > 0.5
+    assert np.array_equal(without.pixels, with_mask.pixels)
+    assert not np.array_equal(without.pixels, group_photo)

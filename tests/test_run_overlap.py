@@ -36,11 +36,12 @@ class SlowPipeline:
         results = [ImageResult(im, None, [], rec, pasted=False) for im, rec in zip(located.images, located.records)]
         return [self.paste_result(r, options) for r in results] if paste else results
 
-    def paste_result(self, result, options=None):
+    def paste_result(self, result, options=None, mask=True):
         """As the pipeline's: the 'paste' (inversion) happens here, once, on the caller's thread."""
         if not result.pasted:
             self.log.append(("paste", result.record.input, threading.current_thread().name, time.perf_counter()))
-            result.pixels, result.mask, result.pasted = 255 - result.pixels, np.zeros(result.pixels.shape[:2]), True
+            result.pixels, result.pasted = 255 - result.pixels, True
+            result.mask = np.zeros(result.pixels.shape[:2]) if mask else None
         return result
 
 

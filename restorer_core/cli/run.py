@@ -214,7 +214,7 @@ class _Run:
         record.input_sha256 = sha
         record.add_time("load", load_s)
         try:
-            self.pipeline.paste_result(result, self.options)
+            self.pipeline.paste_result(result, self.options, mask=False)  # the CLI writes no mask
             t0 = time.perf_counter()
             earlier = self.done_before(image.path, sha)  # a run beside this one finished it
             if earlier is not None:

@@ -10,6 +10,7 @@ numpy arrays are HxWxC (or HxW) float; torch tensors are [B, C, H, W] or [C, H, 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -66,9 +67,9 @@ def _meanstd_np(restored: np.ndarray, original: np.ndarray, eps: float) -> np.nd
 # ----------------------------------------------------------------------------- torch
 
 
-def _binomial_blur_torch(x: Any, radius: int) -> Any:
-    """wavelet_blur on a [B, C, H, W] tensor: the separable 3-tap binomial as shifted sums of
-    the replicate-padded image (cheaper than a dilated convolution, on the CPU above all)."""
+def _binomial_blur_shifted(x: Any, radius: int) -> Any:
+    """wavelet_blur on a [B, C, H, W] tensor as shifted sums of the replicate-padded image (the
+    cheaper form on the CPU)."""
     import torch.nn.functional as F
 
     r = radius
@@ -77,6 +78,33 @@ def _binomial_blur_torch(x: Any, radius: int) -> Any:
     h, w = x.shape[-2:]
     rows = k0 * p[..., : h, :] + k1 * p[..., r : r + h, :] + k2 * p[..., 2 * r : 2 * r + h, :]
     return k0 * rows[..., : w] + k1 * rows[..., r : r + w] + k2 * rows[..., 2 * r : 2 * r + w]
+
+
+def _binomial_blur_conv(x: Any, radius: int) -> Any:
+    """wavelet_blur on a [B, C, H, W] tensor as one dilated depthwise 3x3 convolution of the
+    replicate-padded image: two kernel launches instead of eleven (the form for a GPU, where
+    the paste thread's launches hold the interpreter lock)."""
+    import torch.nn.functional as F
+
+    c, r = x.shape[1], radius
+    kernel = _binomial_kernel(x.device, x.dtype, c)
+    return F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), kernel, dilation=r, groups=c)
+
+
+@lru_cache(maxsize=32)
+def _binomial_kernel(device: Any, dtype: Any, channels: int) -> Any:
+    """The [C, 1, 3, 3] binomial kernel on a device, made once (a fresh copy to the GPU per blur
+    would wait for it)."""
+    import torch
+
+    taps = torch.tensor(_BINOMIAL, dtype=dtype)
+    return (taps[:, None] * taps[None, :]).expand(channels, 1, 3, 3).contiguous().to(device)
+
+
+def _binomial_blur_torch(x: Any, radius: int) -> Any:
+    """wavelet_blur on a [B, C, H, W] tensor: shifted sums on the CPU, a convolution elsewhere."""
+    blur = _binomial_blur_shifted if x.device.type == "cpu" else _binomial_blur_conv
+    return blur(x, radius)
 
 
 def _wavelet_low_torch(image: Any, levels: int) -> Any:

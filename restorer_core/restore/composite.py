@@ -149,9 +149,7 @@ def paste_into(image: torch.Tensor, faces: Sequence[AlignedFace], config: PasteC
         to_roi[:, 2] -= (x0, y0)
         size = (x1 - x0, y1 - y0)
         alpha = warp_affine(weights[None], to_roi, size, border="constant")[0]
-        touched = alpha > 0
-        if not bool(touched.any()):
-            continue
+        touched = alpha > 0  # no early exit on none touched: it would wait for the device per face
         face_px = warp_affine(restored, to_roi, size, border="replicate")
         region = image[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
         new = _blend(region, face_px, alpha, peak, float_image)

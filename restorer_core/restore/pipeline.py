@@ -101,8 +101,8 @@ class RestoreOptions:
 
 @dataclass
 class ImageResult:
-    """One restored image: pixels like the input, the blend mask [H, W] in 0..1, the faces
-    (restored ones carry `.restored`) and the report record."""
+    """One restored image: pixels like the input, the blend mask [H, W] in 0..1 (None where
+    paste_result was asked for none), the faces (restored ones carry `.restored`) and the report record."""
 
     pixels: np.ndarray
     mask: Optional[np.ndarray]
@@ -590,10 +590,12 @@ class FaceRestorePipeline:
             results.append(self.paste_result(result, options) if paste else result)
         return results
 
-    def paste_result(self, result: ImageResult, options: Optional[RestoreOptions] = None) -> ImageResult:
+    def paste_result(self, result: ImageResult, options: Optional[RestoreOptions] = None,
+                     mask: bool = True) -> ImageResult:
         """Paste an ImageResult's restored faces into its pixels on the restorer's device (in
         place: pixels, mask, record status and note; nothing when already pasted). Safe to call
-        from another thread than the restorer's."""
+        from another thread than the restorer's. mask=False: no blend mask is made (result.mask
+        None), which spares a frame-sized array and its device work where nobody reads it."""
         if result.pasted:
             return result
         options = options or RestoreOptions()
@@ -602,10 +604,10 @@ class FaceRestorePipeline:
         changed = [f for f in faces if not f.info.get("kept")]
         if changed:
             with side_stream(self.device):  # file threads paste beside the restorer's next batch
-                out, mask = paste_faces(arr, changed, options.paste, device=self.device)
+                out, blend = paste_faces(arr, changed, options.paste, return_mask=mask, device=self.device)
             record.status = RESTORED
         else:
-            out, mask = arr, np.zeros(arr.shape[:2], np.float32)
+            out, blend = arr, (np.zeros(arr.shape[:2], np.float32) if mask else None)
             record.status = UNCHANGED
             if faces:
                 reasons = sorted({f.info["kept"] for f in faces})
@@ -614,7 +616,7 @@ class FaceRestorePipeline:
                 record.note = (f"no face selected ({record.faces_skipped} skipped); passed through unchanged"
                                if record.faces else "no face found; passed through unchanged")
         record.add_time("paste", time.perf_counter() - t0)
-        result.pixels, result.mask, result.pasted = out, mask, True
+        result.pixels, result.mask, result.pasted = out, blend, True
         return result
 
     def restore_images(self, images: Sequence[np.ndarray], bank: Any = None,
