@@ -94,6 +94,8 @@ class QualityConfig:
     identity_gate: float = 0.0  # > 0: the model under test's rows run with the identity gate at this threshold
     no_refs_strength: Optional[float] = None  # the model under test's RestoreOptions.no_refs_strength (None: default)
     v1_no_refs_strength: Optional[float] = None  # v1's (None: the library default)
+    no_structure_gate: bool = False  # the model under test without RestoreOptions.no_refs_structure_gate
+    v1_no_structure_gate: bool = False  # v1 without it
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -400,6 +402,8 @@ def run(cfg: QualityConfig) -> dict:
             gate = cfg.identity_gate if model == "v2" and cfg.identity_gate else None  # the model under test only
             scale = cfg.no_refs_strength if model == "v2" else cfg.v1_no_refs_strength
             scaled = {} if scale is None else {"no_refs_strength": scale}
+            if (cfg.no_structure_gate if model == "v2" else cfg.v1_no_structure_gate):
+                scaled["no_refs_structure_gate"] = False
             opts = RestoreOptions(max_refs=k, use_cache=False, **scaled, **option_fields(gate))
             for c in conds:
                 res = pipes[model].restore_images([inputs[c]], banks.get(bank) if bank else None, opts)[0]
@@ -639,7 +643,7 @@ def markdown(res: dict, title: str) -> str:
         f"Run: `python benchmarks/quality.py --data {cfg['data']} --v1 V1 --model V2 --targets-per-identity "
         f"{cfg['targets_per_identity']}"
         f"{' --identity-gate ' + str(cfg['identity_gate']) if cfg.get('identity_gate') else ''}"
-        f"{''.join(f' --{k.replace(chr(95), chr(45))} {cfg[k]}' for k in ('no_refs_strength', 'v1_no_refs_strength') if cfg.get(k) is not None)}` on the 2-core CPU dev machine ({res['machine']['threads']} torch threads, "
+        f"{''.join(f' --{k.replace(chr(95), chr(45))} {cfg[k]}' for k in ('no_refs_strength', 'v1_no_refs_strength') if cfg.get(k) is not None)}{''.join(f' --{k.replace(chr(95), chr(45))}' for k in ('no_structure_gate', 'v1_no_structure_gate') if cfg.get(k))}` on the 2-core CPU dev machine ({res['machine']['threads']} torch threads, "
         f"torch {res['machine']['torch']}, float32): {res['runtime_s']['total_s'] / 60:.1f} min (model rows "
         f"{res['runtime_s']['model_s']:.0f} s, metrics {res['runtime_s']['metrics_s']:.0f} s); load average "
         f"{res['machine']['load_average_end']} at the end.", "",
@@ -723,6 +727,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="the model under test's no-references strength scale (RestoreOptions.no_refs_strength; "
                          "default: the library's)")
     ap.add_argument("--v1-no-refs-strength", type=float, default=None, metavar="F", help="the same for v1")
+    ap.add_argument("--no-structure-gate", action="store_true",
+                    help="the model under test without the no-references structure gate (RestoreOptions."
+                         "no_refs_structure_gate)")
+    ap.add_argument("--v1-no-structure-gate", action="store_true", help="the same for v1")
     ap.add_argument("--threads", type=int, default=QualityConfig.threads, help="torch intra-op threads")
     ap.add_argument("--title", default="Quality on held-out people: v1 and the model under test (v2)")
     ap.add_argument("--write", default=None, metavar="MD",
@@ -735,7 +743,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         people=a.people, scales=tuple(int(s) for s in a.scales.split(",") if s),
                         clean=not a.no_clean, lfw_case=not a.no_lfw_case, threads=a.threads,
                         identity_gate=a.identity_gate, no_refs_strength=a.no_refs_strength,
-                        v1_no_refs_strength=a.v1_no_refs_strength)
+                        v1_no_refs_strength=a.v1_no_refs_strength, no_structure_gate=a.no_structure_gate,
+                        v1_no_structure_gate=a.v1_no_structure_gate)
     res = run(cfg)
     md = markdown(res, a.title)
     print(md)

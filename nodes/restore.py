@@ -55,8 +55,9 @@ def optional_restore_inputs() -> dict:
                                          "noise) it has at the restorer's resolution: sharp or large faces are "
                                          "kept exactly as they are, blurred, grainy or small ones are fully "
                                          f"restored (without references at {NO_REFS_STRENGTH:g} of that: a full-strength guess "
-                                         "moves a blurred face away from its person); the report lists each "
-                                         "face's strength. Off: the strength value is used for every face."})}
+                                         "moves a blurred face away from its person, and faces too blurred to "
+                                         "guess who they are are kept until references are given); the report "
+                                         "lists each face's strength. Off: the strength value is used for every face."})}
 
 
 def make_options(mode: str, max_refs: int, strength: float, seed: int, batch_size: int,

@@ -21,6 +21,7 @@ from restorer_core.restore.detail import (
     effective_detail,
     estimate_detail,
     native_size,
+    structure_measure,
 )
 from restorer_core.restore.pipeline import FaceRestorePipeline, RestoreOptions
 from restorer_core.train.degrade import degrade_fixed
@@ -206,11 +207,35 @@ def test_readme_family_photo_is_restored_and_large_sharp_faces_are_kept(pipeline
         assert [e.strength for e in estimates] == [0.0] * len(estimates)
 
 
+def test_structure_is_contrast_free_and_falls_with_blur_to_below_the_keep_level_at_16x(pipeline, clean_photo):
+    """The no-references gate's reading: a clean face is above STRUCTURE_FULL, a 16x-degraded one
+    below STRUCTURE_KEEP (seeds averaged), and it falls with the degradation in between."""
+    from restorer_core.restore.identity_gate import STRUCTURE_FULL, STRUCTURE_KEEP
+
+    sharp = _texture(256)
+    assert structure_measure(0.25 + 0.3 * sharp) == pytest.approx(structure_measure(sharp), rel=1e-3)
+    assert structure_measure(np.full((64, 64, 3), 0.4, np.float32)) == 0.0
+
+    def reading(scale: int) -> float:
+        values = []
+        for seed in range(3):
+            lq = clean_photo if scale == 1 else degrade_fixed(clean_photo, scale, seed=seed)
+            faces, _ = pipeline.locate(lq, RestoreOptions())
+            values.append(structure_measure(faces[0].crop))
+            assert faces[0].crop.shape[0] > 64  # measured at 64 px: a resize, not the crop as it is
+        return float(np.mean(values))
+
+    by_scale = {scale: reading(scale) for scale in (1, 4, 8, 16)}
+    assert by_scale[1] > STRUCTURE_FULL and by_scale[16] < STRUCTURE_KEEP
+    assert by_scale[1] > by_scale[4] > by_scale[8] > by_scale[16]
+
+
 def test_degraded_face_gets_full_strength(pipeline, clean_photo):
     lq = degrade_fixed(clean_photo, 8, seed=3)
     faces, _ = pipeline.locate(lq, RestoreOptions())
     assert faces
-    restored = pipeline.restore_faces(faces, options=RestoreOptions(no_refs_strength=1.0))  # the measure alone
+    restored = pipeline.restore_faces(faces, options=RestoreOptions(no_refs_strength=1.0,  # the measure alone
+                                                                   no_refs_structure_gate=False))
     for face in restored:
         assert face.info["strength"] >= 0.9
         assert face.info["detail"]["sharpness_term"] >= 0.9

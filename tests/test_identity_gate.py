@@ -178,6 +178,41 @@ def test_automatic_strength_without_references_is_scaled(pipe, monkeypatch):
     assert no_refs_scale(False, False, 0.75) == 1.0 and no_refs_scale(True, True, 0.75) == 1.0
 
 
+def test_structure_gate_scales_down_and_keeps_faces_too_blurred_without_references(pipe, monkeypatch):
+    """Without references an automatic strength falls with the face's structure, to 0 (kept, the
+    input's pixels, the reason said) at STRUCTURE_KEEP; off, or with references, it does not."""
+    from dataclasses import replace
+
+    from restorer_core.restore.detail import DetailEstimate
+    from restorer_core.restore.identity_gate import (KEPT_STRUCTURELESS, NO_REFS_STRENGTH, STRUCTURE_FULL,
+                                                     STRUCTURE_KEEP)
+
+    middle = (STRUCTURE_KEEP + STRUCTURE_FULL) / 2  # smoothstep(0.5) = 0.5
+    structure = {0: STRUCTURE_FULL + 0.1, 1: middle, 2: STRUCTURE_KEEP - 0.05}
+    monkeypatch.setattr(pipe, "_strength", lambda f, options: (
+        0.8, DetailEstimate(0.1, 0.1, 0.1, 60.0, 64, 0.8, 0.0, 0.8, structure[f.face_index])))
+    faces = [face(k) for k in range(3)]
+    old = with_runner(pipe, lambda x, refs, mode, generator=None: 1.0 - x)
+    try:
+        gated = pipe.restore_faces(faces, None, RestoreOptions())
+        off = pipe.restore_faces(faces, None, RestoreOptions(no_refs_structure_gate=False))
+        cond = replace(pipe.conditioning(None, RestoreOptions()), use_references=True)
+        monkeypatch.setattr(pipe, "conditioning", lambda bank, options: cond)
+        with_refs = pipe.restore_faces(faces, None, RestoreOptions(), refs=object())
+    finally:
+        pipe.runner = old
+    by = {f.face_index: f for f in gated}
+    assert by[0].info["strength"] == pytest.approx(0.8 * NO_REFS_STRENGTH) and "kept" not in by[0].info
+    assert by[1].info["strength"] == pytest.approx(0.4 * NO_REFS_STRENGTH)
+    assert by[1].info["no_refs_scale"] == pytest.approx(0.5 * NO_REFS_STRENGTH)
+    assert by[2].info["strength"] == 0.0 and by[2].info["kept"] == KEPT_STRUCTURELESS
+    np.testing.assert_array_equal(by[2].restored, faces[2].crop.astype(np.float32))
+    assert not np.allclose(by[1].restored, faces[1].crop)
+    assert [f.info["strength"] for f in off] == pytest.approx([0.8 * NO_REFS_STRENGTH] * 3)
+    assert [f.info["strength"] for f in with_refs] == [0.8] * 3
+    assert all("no_refs_scale" not in f.info for f in with_refs)
+
+
 def test_manual_strength_and_references_are_not_scaled(pipe, monkeypatch):
     from dataclasses import replace
 
@@ -212,7 +247,13 @@ def test_no_refs_strength_option_is_checked_and_reaches_the_cli(tmp_path):
     assert validate(args).options.no_refs_strength == 1.0
     args = parse(["restore", str(image), "--out", str(tmp_path / "b")])
     check_numbers(args)
-    assert args.no_refs_strength == 0.75 and validate(args).options.no_refs_strength == 0.75
+    from restorer_core.restore.identity_gate import NO_REFS_STRENGTH
+
+    assert args.no_refs_strength == NO_REFS_STRENGTH and validate(args).options.no_refs_strength == NO_REFS_STRENGTH
+    assert validate(args).options.no_refs_structure_gate is True
+    args = parse(["restore", str(image), "--out", str(tmp_path / "d"), "--no-structure-gate"])
+    check_numbers(args)
+    assert validate(args).options.no_refs_structure_gate is False
     args = parse(["restore", str(image), "--out", str(tmp_path / "c"), "--no-refs-strength", "2"])
     check_numbers(args)
     with pytest.raises(UsageError, match="no-references strength"):

@@ -424,7 +424,7 @@ def test_strength_zero_keeps_the_input_face(N, handle, blake):
         np.testing.assert_allclose(after.restored, before.crop, atol=1e-6)
 
 
-def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each(N, handle, blake):
+def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each(N, handle, blake, bank, real_lq_dir):
     for node in ("OneStepRestore", "OneStepRestoreFaces"):
         spec = N[node].INPUT_TYPES()["optional"]["auto_strength"]
         assert spec[0] == "BOOLEAN" and spec[1]["default"] is True and "sharp" in spec[1]["tooltip"]
@@ -442,12 +442,32 @@ def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each
     blurred = blurred.movedim(1, -1).contiguous()
     lq_faces = detect(N, blurred, crop_size=512)[0]
     assert lq_faces.faces
-    lq_restored, lq_out, _, _ = restore_paste(N, handle, blurred, lq_faces, auto_strength=True)
-    from restorer_core.restore.identity_gate import NO_REFS_STRENGTH  # no references: the measure's 1 x the scale
+    from restorer_core.restore.identity_gate import KEPT_STRUCTURELESS, NO_REFS_STRENGTH, no_refs_scale
 
-    assert all(f.info["strength"] >= 0.9 * NO_REFS_STRENGTH and f.info["no_refs_scale"] == NO_REFS_STRENGTH
-               for f in lq_restored.faces)
+    # no references: the measure's 1, scaled by the no-references policy of each face's structure
+    lq_restored, lq_out, _, _ = restore_paste(N, handle, blurred, lq_faces, auto_strength=True)
+    for f in lq_restored.faces:
+        scale = no_refs_scale(True, False, NO_REFS_STRENGTH, f.info["detail"]["structure"])
+        assert f.info["no_refs_scale"] == pytest.approx(scale, abs=1e-4)
+        assert f.info["strength"] == pytest.approx(f.info["detail"]["strength"] * scale, abs=1e-3)
+    assert max(f.info["strength"] for f in lq_restored.faces) >= 0.9 * NO_REFS_STRENGTH
     assert (lq_out - blurred).abs().max().item() > 10 / 255
+    # a photo degraded 16x (noise and JPEG as in training): too little structure is left to guess
+    # who it is: kept (the input's pixels, the reason in the report) without references, restored with them
+    from restorer_core.io.imageio import load_image
+    from restorer_core.train.degrade import degrade_fixed
+
+    photo = load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
+    gone = torch.from_numpy(degrade_fixed(photo, 16, seed=0).astype(np.float32) / 255.0)[None].contiguous()
+    gone_faces = detect(N, gone, crop_size=512)[0]
+    assert gone_faces.faces
+    kept, kept_out, _, kept_report = restore_paste(N, handle, gone, gone_faces, auto_strength=True)
+    assert all(f.info["kept"] == KEPT_STRUCTURELESS for f in kept.faces)
+    assert "too blurred to restore without references" in kept_report
+    assert torch.equal(kept_out, gone)
+    with_refs, refs_out, _, _ = restore_paste(N, handle, gone, gone_faces, bank, auto_strength=True)
+    assert all(f.info["strength"] >= 0.9 and "no_refs_scale" not in f.info for f in with_refs.faces)
+    assert (refs_out - gone).abs().max().item() > 10 / 255
 
 
 def test_all_in_one_matches_the_split_nodes(N, handle, blake, bank):

@@ -195,7 +195,8 @@ def test_similarity_selection_uses_the_identity_embedder(restorer, bank, group_p
     pipe = FaceRestorePipeline(restorer, identity=embedder)
     with pytest.raises(ValueError, match="reference"):
         pipe.restore_image(group_photo, None, RestoreOptions(selection=FaceSelection("similar")))
-    keep_all = RestoreOptions(mode="visual_prompt", selection=FaceSelection("similar", threshold=-1.0))
+    keep_all = RestoreOptions(mode="visual_prompt", selection=FaceSelection("similar", threshold=-1.0),
+                              strength=1.0)  # selection alone decides (no automatic keeps)
     _, _, report = pipe.restore_image(group_photo, bank, keep_all)
     assert report["faces_restored"] == report["faces_found"] > 0
     for f in report["faces"]:

@@ -66,6 +66,7 @@ def validate(args: argparse.Namespace) -> RestorePlan:
                                  cache_dir=args.cache_dir, use_cache=not args.no_cache,
                                  **({} if getattr(args, "no_refs_strength", None) is None
                                     else {"no_refs_strength": args.no_refs_strength}),
+                                 no_refs_structure_gate=getattr(args, "no_refs_structure_gate", True),
                                  **option_fields(getattr(args, "identity_gate", None)))
         if args.video:
             from ..faces.temporal import LandmarkSmoother

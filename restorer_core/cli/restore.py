@@ -195,10 +195,13 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                         "(default): the measured held-out gain is not there yet (README, Benchmarks). Does "
                         "nothing with references")
     r.add_argument("--no-refs-strength", type=float, default=None, metavar="F",
-                   help="without references, scale the automatic strength by F (default 0.75: a full-strength "
-                        "guess of a blurred face's identity moves it further from the person; held-out people, dlib, "
-                        "x4: -0.017 -> -0.005 below the input, for less detail; README). 1: full strength. Manual "
-                        "--strength values are used as given")
+                   help="without references, scale the automatic strength by F (default 0.6: a full-strength "
+                        "guess of a blurred face's identity moves it further from the person; README, Benchmarks). "
+                        "1: full strength. Manual --strength values are used as given")
+    r.add_argument("--no-structure-gate", dest="no_refs_structure_gate", action="store_false",
+                   help="without references, restore faces too blurred to guess who they are as well (by default "
+                        "their automatic strength falls to 0 with their remaining structure and they are kept, "
+                        "since any guess lowered their identity on held-out people; references restore them)")
     r.add_argument("--crop-size", type=int, default=None,
                    help="aligned crop size (default: max(model resolution, 512))")
     r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",

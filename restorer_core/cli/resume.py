@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 # Arguments that decide an output's pixels: equal values give equal outputs, so resume compares them.
 _PIXEL_SETTINGS = ("model", "base", "refs", "mode", "faces", "dtype", "seed", "max_refs", "color_fix", "mask",
                    "feather", "erosion", "strength", "crop_size", "detail_transfer", "format", "detector",
-                   "detector_model", "rotate", "video", "no_refs_strength")
+                   "detector_model", "rotate", "video", "no_refs_strength", "no_refs_structure_gate")
 
 
 def pixel_settings(args: argparse.Namespace) -> dict:

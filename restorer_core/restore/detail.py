@@ -28,6 +28,10 @@ smoothstep between `sharp` (strength 0: at least as clear as ~90 % of clean phot
 `blurred` (strength 1: as soft as most x2-degraded ones), calibrated by
 benchmarks/detail_calibration.py on training people's photos; the final strength is the larger
 of the size and sharpness terms. A face at strength 0 is kept exactly as it was (`kept_reason`).
+A fourth reading, **structure**, says how much of the face's mid-scale shape survives (a
+band ratio at a coarse scale, where blur beyond the restorer's finest band still shows): it does
+not change the strength here; without references the pipeline uses it to keep faces too far gone
+for the restorer to guess who they are (restorer_core.restore.identity_gate).
 Pure numpy/OpenCV, no model.
 """
 
@@ -61,6 +65,8 @@ class DetailConfig:
     fine_sigma / mid_sigma: Gaussian sigmas (px at the analysis size) splitting the bands.
     min_analysis_px: the smallest analysis size (a smaller face centre has too few pixels for the
     band statistics; such faces get strength 1 from the size term anyway).
+    structure_px / structure_sigmas (s1, s2, s3): `structure` is sqrt(energy of the s1..s2 band /
+    energy of the s2..s3 band) in the face centre at structure_px (Gaussian sigmas in px there).
     """
 
     sharp: float = 0.26
@@ -74,6 +80,8 @@ class DetailConfig:
     mid_sigma: float = 3.0
     min_analysis_px: int = 64
     discount_noise: bool = True
+    structure_px: int = 64
+    structure_sigmas: tuple = (1.0, 3.0, 8.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.blurred < self.sharp:
@@ -104,12 +112,16 @@ class DetailEstimate:
     sharpness_term: float
     size_term: float
     strength: float
+    structure: Optional[float] = None
 
     def to_dict(self) -> dict:
-        return {"detail": round(self.detail, 4), "noise": round(self.noise, 4),
-                "effective": round(self.effective, 4), "native_px": round(self.native_px, 1),
-                "analysis_px": self.analysis_px, "sharpness_term": round(self.sharpness_term, 3),
-                "size_term": round(self.size_term, 3), "strength": round(self.strength, 3)}
+        out = {"detail": round(self.detail, 4), "noise": round(self.noise, 4),
+               "effective": round(self.effective, 4), "native_px": round(self.native_px, 1),
+               "analysis_px": self.analysis_px, "sharpness_term": round(self.sharpness_term, 3),
+               "size_term": round(self.size_term, 3), "strength": round(self.strength, 3)}
+        if self.structure is not None:
+            out["structure"] = round(self.structure, 4)
+        return out
 
 
 def _gray(crop: np.ndarray) -> np.ndarray:
@@ -171,6 +183,23 @@ def band_measures(crop: np.ndarray, analysis_px: int, config: DetailConfig = DEF
     return detail, sigma / float(np.sqrt(e_mid))
 
 
+def structure_measure(crop: np.ndarray, config: DetailConfig = DEFAULT_DETAIL) -> float:
+    """How much mid-scale shape the face centre keeps (DetailConfig.structure_*): about 0.9 for
+    clean faces, 0.7-0.8 at 4-8x blur, below 0.5 at 16x (training people, benchmarks/norefs_structure.py).
+    A flat patch: 0."""
+    gray = _gray(crop)
+    size = int(config.structure_px)
+    if gray.shape[0] != size or gray.shape[1] != size:
+        interp = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_CUBIC
+        gray = cv2.resize(gray, (size, size), interpolation=interp)
+    b1, b2, b3 = (cv2.GaussianBlur(gray, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+                  for sigma in config.structure_sigmas)
+    x0, y0, x1, y1 = (int(round(v * size)) for v in config.region)
+    inner = float(np.mean(((b1 - b2)[y0:y1, x0:x1]).astype(np.float64) ** 2))
+    outer = float(np.mean(((b2 - b3)[y0:y1, x0:x1]).astype(np.float64) ** 2))
+    return float(np.sqrt(inner / outer)) if outer > 1e-12 else 0.0
+
+
 def detail_measure(crop: np.ndarray, analysis_px: int, config: DetailConfig = DEFAULT_DETAIL) -> float:
     """sqrt(fine-band energy / middle-band energy) in the face centre at analysis_px, noise discounted."""
     return band_measures(crop, analysis_px, config)[0]
@@ -198,7 +227,7 @@ def estimate_detail(crop: np.ndarray, matrix: np.ndarray, resolution: int,
     full = config.full_below * resolution
     size = smoothstep((resolution - native) / (resolution - full))
     return DetailEstimate(detail, noise, effective, native, max(analysis, config.min_analysis_px), sharpness, size,
-                          max(sharpness, size))
+                          max(sharpness, size), structure_measure(crop, config))
 
 
 def check_strength(strength: Union[str, float]) -> Union[str, float]:

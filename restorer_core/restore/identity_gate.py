@@ -7,9 +7,13 @@ embedder (restorer_core.faces.identity), and keeps the largest fraction whose co
 input's embedding stays at or above `threshold` (none: the input face, strength 0). A restored
 face that keeps its input's identity is left at its strength. With references the gate does
 nothing: the references, not the input, say who the person is.
-Always on, without a measure per face: an automatic strength without references is scaled by
+Always on, without an embedder: an automatic strength without references is scaled by
 NO_REFS_STRENGTH (RestoreOptions.no_refs_strength): a full-strength guess of a blurred face's
-identity moves it further from the person than a partial one.
+identity moves it further from the person than a partial one. And by how much mid-scale shape
+the face has left (detail.structure_measure; RestoreOptions.no_refs_structure_gate): below
+STRUCTURE_FULL the scale falls smoothly to 0 at STRUCTURE_KEEP, where the face is kept as it
+was. At 16x blur every strength tried lowered dlib similarity to the clean face below the
+input's (training people, benchmarks/results/norefs_structure_train.md); references change that.
 
 The threshold was tuned on training-split people with the pack's embedder
 (benchmarks/identity_gate_tune.py); benchmarks/quality.py checks it on held-out people with dlib.
@@ -28,7 +32,14 @@ FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # of the face's strength, tried largest firs
 # Without references an automatic strength is scaled by this: of 1, .75, .5, .25 the one whose blend came
 # closest to the clean face with the pack's embedder at x4, x8 and x16 together, on held-out people's
 # photos the quality benchmark does not use (benchmarks/results/identity_gate_tune_v6_heldout.md).
-NO_REFS_STRENGTH = 0.75
+NO_REFS_STRENGTH = 0.6
+# The structure gate: the scale is NO_REFS_STRENGTH at STRUCTURE_FULL and above, 0 at STRUCTURE_KEEP and below
+# (smoothstep between): picked on training-split people with dlib at x4 / x8 / x16 together
+# (benchmarks/results/norefs_structure_train.md); the held-out table checks it.
+STRUCTURE_KEEP = 0.55
+STRUCTURE_FULL = 0.8
+KEPT_STRUCTURELESS = ("too blurred to restore without references (a guess would change who it is): "
+                      "kept; give reference photos to restore it")
 
 
 def check_no_refs_strength(value: float) -> float:
@@ -42,10 +53,19 @@ def check_no_refs_strength(value: float) -> float:
     return v
 
 
-def no_refs_scale(automatic: bool, use_references: bool, scale: float) -> float:
-    """The policy in one place: an automatic strength without references is scaled by `scale`;
-    a manual strength, or any strength with references, is left as it is (1.0)."""
-    return float(scale) if automatic and not use_references else 1.0
+def no_refs_scale(automatic: bool, use_references: bool, scale: float, structure: Optional[float] = None,
+                  structure_gate: bool = True) -> float:
+    """The policy in one place: an automatic strength without references is scaled by `scale`,
+    and (structure_gate, where the face's structure was measured) by a smoothstep of its
+    structure from 0 at STRUCTURE_KEEP to 1 at STRUCTURE_FULL; a manual strength, or any
+    strength with references, is left as it is (1.0)."""
+    if not automatic or use_references:
+        return 1.0
+    factor = float(scale)
+    if structure_gate and structure is not None:
+        x = min(max((float(structure) - STRUCTURE_KEEP) / (STRUCTURE_FULL - STRUCTURE_KEEP), 0.0), 1.0)
+        factor *= x * x * (3.0 - 2.0 * x)
+    return factor
 
 
 def check_threshold(value: float) -> float:

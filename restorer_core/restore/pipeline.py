@@ -20,8 +20,8 @@ import torch
 
 from .conditioning import Capabilities, Conditioning, decide
 from .detail import AUTO, check_strength, face_strength, kept_reason
-from .identity_gate import (DEFAULT_THRESHOLD, NO_REFS_STRENGTH, check_no_refs_strength, check_threshold,
-                            gate_applies, gate_strengths, no_refs_scale)
+from .identity_gate import (DEFAULT_THRESHOLD, KEPT_STRUCTURELESS, NO_REFS_STRENGTH, check_no_refs_strength,
+                            check_threshold, gate_applies, gate_strengths, no_refs_scale)
 from ..errors import CancelledError
 from ..options import SPEEDS
 from ..threads import ThreadMap
@@ -66,7 +66,9 @@ class RestoreOptions:
     from the input's identity (restorer_core.restore.identity_gate; the pack's embedder, cosine below
     identity_gate_threshold); off by default (see the docs for the measurements). Does nothing with
     references. no_refs_strength: without references, an automatic strength is scaled by it (1: not
-    at all); manual strengths are used as given.
+    at all); manual strengths are used as given. no_refs_structure_gate: without references, an
+    automatic strength is also scaled down with the face's remaining structure, to 0 (kept) for
+    faces too blurred to guess who they are (identity_gate.no_refs_scale).
     """
 
     mode: str = "auto"
@@ -86,6 +88,7 @@ class RestoreOptions:
     identity_gate: bool = False
     identity_gate_threshold: float = DEFAULT_THRESHOLD
     no_refs_strength: float = NO_REFS_STRENGTH
+    no_refs_structure_gate: bool = True
 
     def __post_init__(self) -> None:
         self.identity_gate_threshold = check_threshold(self.identity_gate_threshold)
@@ -394,7 +397,7 @@ class FaceRestorePipeline:
         total, done, out = len(ordered), 0, []
         res = self.resolution
         follow = strength_smoother(options.temporal, ordered) if options.strength == AUTO else None
-        scale = no_refs_scale(options.strength == AUTO, cond.use_references, options.no_refs_strength)
+        automatic = options.strength == AUTO
         for start in range(0, total, options.batch_size):
             if should_cancel is not None and should_cancel():
                 raise CancelledError(f"cancelled after {done} of {total} faces; nothing was written "
@@ -404,8 +407,11 @@ class FaceRestorePipeline:
             decided = [self._strength(f, options) for f in chunk]
             if follow is not None:  # frames of a clip: each track's automatic strength over time
                 decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
-            if scale != 1.0:
-                decided = [(s * scale, est) for s, est in decided]
+            scales = [no_refs_scale(automatic, cond.use_references, options.no_refs_strength,
+                                    est.structure if est is not None else None, options.no_refs_structure_gate)
+                      for _, est in decided]
+            structureless = [s > 0.0 and f == 0.0 for (s, _), f in zip(decided, scales)]
+            decided = [(s * f, est) for (s, est), f in zip(decided, scales)]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs, gates = {}, {}
             if work:
@@ -429,13 +435,14 @@ class FaceRestorePipeline:
                 strength, estimate = decided[k]
                 gate = gates.get(k)
                 kept = kept_reason(strength, estimate) if gate is None or strength > 0 else gate.reason
+                kept = KEPT_STRUCTURELESS if kept and structureless[k] else kept
                 # strength 0: the input face exactly, no restorer pass
                 restored = face.crop.astype(np.float32) if kept else outputs[k]
                 new = face.with_restored(restored)
                 new.info.pop(MEASURED_AHEAD, None)
                 new.info["strength"] = strength
-                if scale != 1.0:
-                    new.info["no_refs_scale"] = scale
+                if scales[k] != 1.0:
+                    new.info["no_refs_scale"] = round(scales[k], 4)
                 if kept:
                     new.info["kept"] = kept
                 if gate is not None:
