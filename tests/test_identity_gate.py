@@ -204,13 +204,14 @@ def test_structure_gate_scales_down_and_keeps_faces_too_blurred_without_referenc
     by = {f.face_index: f for f in gated}
     assert by[0].info["strength"] == pytest.approx(0.8 * NO_REFS_STRENGTH) and "kept" not in by[0].info
     assert by[1].info["strength"] == pytest.approx(0.4 * NO_REFS_STRENGTH)
-    assert by[1].info["no_refs_scale"] == pytest.approx(0.5 * NO_REFS_STRENGTH)
+    assert by[1].info["no_refs_scale"] == NO_REFS_STRENGTH and by[1].info["structure_factor"] == pytest.approx(0.5)
+    assert "structure_factor" not in by[0].info
     assert by[2].info["strength"] == 0.0 and by[2].info["kept"] == KEPT_STRUCTURELESS
     np.testing.assert_array_equal(by[2].restored, faces[2].crop.astype(np.float32))
     assert not np.allclose(by[1].restored, faces[1].crop)
     assert [f.info["strength"] for f in off] == pytest.approx([0.8 * NO_REFS_STRENGTH] * 3)
     assert [f.info["strength"] for f in with_refs] == [0.8] * 3
-    assert all("no_refs_scale" not in f.info for f in with_refs)
+    assert all("no_refs_scale" not in f.info and "structure_factor" not in f.info for f in with_refs)
 
 
 def test_manual_strength_and_references_are_not_scaled(pipe, monkeypatch):

@@ -442,14 +442,15 @@ def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each
     blurred = blurred.movedim(1, -1).contiguous()
     lq_faces = detect(N, blurred, crop_size=512)[0]
     assert lq_faces.faces
-    from restorer_core.restore.identity_gate import KEPT_STRUCTURELESS, NO_REFS_STRENGTH, no_refs_scale
+    from restorer_core.restore.identity_gate import KEPT_STRUCTURELESS, NO_REFS_STRENGTH, structure_factor
 
     # no references: the measure's 1, scaled by the no-references policy of each face's structure
     lq_restored, lq_out, _, _ = restore_paste(N, handle, blurred, lq_faces, auto_strength=True)
     for f in lq_restored.faces:
-        scale = no_refs_scale(True, False, NO_REFS_STRENGTH, f.info["detail"]["structure"])
-        assert f.info["no_refs_scale"] == pytest.approx(scale, abs=1e-4)
-        assert f.info["strength"] == pytest.approx(f.info["detail"]["strength"] * scale, abs=1e-3)
+        factor = structure_factor(True, False, f.info["detail"]["structure"])
+        assert f.info["no_refs_scale"] == NO_REFS_STRENGTH
+        assert f.info.get("structure_factor", 1.0) == pytest.approx(factor, abs=1e-3)  # structure rounded to 1e-4
+        assert f.info["strength"] == pytest.approx(f.info["detail"]["strength"] * factor * NO_REFS_STRENGTH, abs=1e-3)
     assert max(f.info["strength"] for f in lq_restored.faces) >= 0.9 * NO_REFS_STRENGTH
     assert (lq_out - blurred).abs().max().item() > 10 / 255
     # a photo degraded 16x (noise and JPEG as in training): too little structure is left to guess

@@ -320,6 +320,47 @@ def test_pipeline_follows_automatic_strength_only_with_the_temporal_option(monke
     assert all(f.info.get("kept") for f in results["manual 0"])
 
 
+def test_structure_gate_is_smoothed_with_the_track_not_after_it(monkeypatch):
+    """Without references a face whose structure reading sits at the gate flips between kept and
+    restored frame by frame; with the temporal option the gate's factor goes through the track's
+    smoothing, so the clip does not flicker."""
+    from restorer_core.restore import pipeline as pipeline_module
+    from restorer_core.restore.detail import AUTO, DetailEstimate
+    from restorer_core.restore.identity_gate import KEPT_STRUCTURELESS, STRUCTURE_FULL, STRUCTURE_KEEP
+    from restorer_core.restore.pipeline import RestoreOptions
+
+    structures = [STRUCTURE_FULL + 0.1, STRUCTURE_KEEP - 0.1] * 6
+
+    class Scripted:
+        asked = 0
+
+        def __call__(self, strength, crop, matrix, resolution, config=None):
+            assert strength == AUTO
+            value = structures[self.asked]
+            self.asked += 1
+            return 1.0, DetailEstimate(0.05, 0.1, 0.05, 200.0, 64, 1.0, 0.0, 1.0, value)
+
+    class Detector:
+        def detect(self, image):
+            return [det(FACE)]
+
+    pipe = tiny_pipeline()
+    frames = [np.full((300, 300, 3), 100, np.uint8) for _ in range(12)]
+    results = {}
+    for name, temporal in (("per frame", False), ("temporal", True)):
+        monkeypatch.setattr(pipeline_module, "face_strength", Scripted())
+        options = RestoreOptions(detector="fake", crop_size=64, no_refs_strength=1.0,
+                                 temporal=LandmarkSmoother() if temporal else None)
+        pipe.add_detector(options, Detector())
+        names = [f"frame{k}" for k in range(12)]
+        results[name] = [r.faces[0] for r in pipe.restore_images(frames, None, options, names=names)]
+    per_frame = [f.info.get("kept", "") for f in results["per frame"]]
+    assert per_frame == ["", KEPT_STRUCTURELESS] * 6
+    assert [f.info["structure_factor"] for f in results["per frame"][1::2]] == [0.0] * 6
+    followed = [f.info["strength"] for f in results["temporal"]]
+    assert followed[0] == 1.0 and min(followed) >= 0.9 and not any(f.info.get("kept") for f in results["temporal"])
+
+
 def test_faces_tracked_by_smooth_frames_follow_their_strength_in_one_call(monkeypatch):
     """The nodes' path: Detect Faces with smooth_landmarks tags each face with its track, and one
     restore_faces call over the clip follows them; untracked faces keep their own strengths."""

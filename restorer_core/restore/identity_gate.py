@@ -53,19 +53,22 @@ def check_no_refs_strength(value: float) -> float:
     return v
 
 
-def no_refs_scale(automatic: bool, use_references: bool, scale: float, structure: Optional[float] = None,
-                  structure_gate: bool = True) -> float:
-    """The policy in one place: an automatic strength without references is scaled by `scale`,
-    and (structure_gate, where the face's structure was measured) by a smoothstep of its
-    structure from 0 at STRUCTURE_KEEP to 1 at STRUCTURE_FULL; a manual strength, or any
-    strength with references, is left as it is (1.0)."""
-    if not automatic or use_references:
+def no_refs_scale(automatic: bool, use_references: bool, scale: float) -> float:
+    """The policy in one place: an automatic strength without references is scaled by `scale`;
+    a manual strength, or any strength with references, is left as it is (1.0)."""
+    return float(scale) if automatic and not use_references else 1.0
+
+
+def structure_factor(automatic: bool, use_references: bool, structure: Optional[float],
+                     gate: bool = True) -> float:
+    """The structure gate's factor on an automatic strength without references: a smoothstep of
+    the face's structure reading from 0 at STRUCTURE_KEEP to 1 at STRUCTURE_FULL; 1.0 with a
+    manual strength, with references, with the gate off or where no reading was taken. Applied
+    before a video's strength smoothing, so a track does not flicker between kept and restored."""
+    if not gate or not automatic or use_references or structure is None:
         return 1.0
-    factor = float(scale)
-    if structure_gate and structure is not None:
-        x = min(max((float(structure) - STRUCTURE_KEEP) / (STRUCTURE_FULL - STRUCTURE_KEEP), 0.0), 1.0)
-        factor *= x * x * (3.0 - 2.0 * x)
-    return factor
+    x = min(max((float(structure) - STRUCTURE_KEEP) / (STRUCTURE_FULL - STRUCTURE_KEEP), 0.0), 1.0)
+    return x * x * (3.0 - 2.0 * x)
 
 
 def check_threshold(value: float) -> float:

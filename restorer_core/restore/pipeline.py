@@ -21,7 +21,7 @@ import torch
 from .conditioning import Capabilities, Conditioning, decide
 from .detail import AUTO, check_strength, face_strength, kept_reason
 from .identity_gate import (DEFAULT_THRESHOLD, KEPT_STRUCTURELESS, NO_REFS_STRENGTH, check_no_refs_strength,
-                            check_threshold, gate_applies, gate_strengths, no_refs_scale)
+                            check_threshold, gate_applies, gate_strengths, no_refs_scale, structure_factor)
 from ..errors import CancelledError
 from ..options import SPEEDS
 from ..threads import ThreadMap
@@ -68,7 +68,7 @@ class RestoreOptions:
     references. no_refs_strength: without references, an automatic strength is scaled by it (1: not
     at all); manual strengths are used as given. no_refs_structure_gate: without references, an
     automatic strength is also scaled down with the face's remaining structure, to 0 (kept) for
-    faces too blurred to guess who they are (identity_gate.no_refs_scale).
+    faces too blurred to guess who they are (identity_gate.structure_factor).
     """
 
     mode: str = "auto"
@@ -398,6 +398,7 @@ class FaceRestorePipeline:
         res = self.resolution
         follow = strength_smoother(options.temporal, ordered) if options.strength == AUTO else None
         automatic = options.strength == AUTO
+        scale = no_refs_scale(automatic, cond.use_references, options.no_refs_strength)
         for start in range(0, total, options.batch_size):
             if should_cancel is not None and should_cancel():
                 raise CancelledError(f"cancelled after {done} of {total} faces; nothing was written "
@@ -405,13 +406,14 @@ class FaceRestorePipeline:
             chunk = ordered[start:start + options.batch_size]
             t0 = time.perf_counter()
             decided = [self._strength(f, options) for f in chunk]
+            factors = [structure_factor(automatic, cond.use_references, est.structure if est is not None else None,
+                                        options.no_refs_structure_gate) for _, est in decided]
+            structureless = [s > 0.0 and f == 0.0 for (s, _), f in zip(decided, factors)]
+            decided = [(s * f, est) for (s, est), f in zip(decided, factors)]
             if follow is not None:  # frames of a clip: each track's automatic strength over time
                 decided = [(follow.follow(f, s), est) for f, (s, est) in zip(chunk, decided)]
-            scales = [no_refs_scale(automatic, cond.use_references, options.no_refs_strength,
-                                    est.structure if est is not None else None, options.no_refs_structure_gate)
-                      for _, est in decided]
-            structureless = [s > 0.0 and f == 0.0 for (s, _), f in zip(decided, scales)]
-            decided = [(s * f, est) for (s, est), f in zip(decided, scales)]
+            if scale != 1.0:
+                decided = [(s * scale, est) for s, est in decided]
             work = [k for k, (strength, est) in enumerate(decided) if not kept_reason(strength, est)]
             outputs, gates = {}, {}
             if work:
@@ -441,8 +443,10 @@ class FaceRestorePipeline:
                 new = face.with_restored(restored)
                 new.info.pop(MEASURED_AHEAD, None)
                 new.info["strength"] = strength
-                if scales[k] != 1.0:
-                    new.info["no_refs_scale"] = round(scales[k], 4)
+                if scale != 1.0:
+                    new.info["no_refs_scale"] = scale
+                if factors[k] != 1.0:
+                    new.info["structure_factor"] = round(factors[k], 4)
                 if kept:
                     new.info["kept"] = kept
                 if gate is not None:
