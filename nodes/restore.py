@@ -78,7 +78,7 @@ def strength_lines(faces: FaceSet) -> list:
             continue
         d = f.info.get("detail")
         why = f" (detail {d['detail']:.2f}, noise {d['noise']:.2f}, {d['native_px']:.0f} px)" if d else ""
-        kept = " kept: already sharp" if f.info.get("kept") and d else (" kept" if f.info.get("kept") else "")
+        kept = f" kept: {f.info['kept']}" if f.info.get("kept") else ""
         parts.append(f"face {f.image_index}/{f.face_index}: {s:.2f}{kept}{why}")
     return ["strength per face (image/face): " + ", ".join(parts)] if parts else []
 

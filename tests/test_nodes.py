@@ -465,6 +465,7 @@ def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each
     kept, kept_out, _, kept_report = restore_paste(N, handle, gone, gone_faces, auto_strength=True)
     assert all(f.info["kept"] == KEPT_STRUCTURELESS for f in kept.faces)
     assert "too blurred to restore without references" in kept_report
+    assert "already sharp" not in kept_report  # the strength line gives the face's own reason
     assert torch.equal(kept_out, gone)
     with_refs, refs_out, _, _ = restore_paste(N, handle, gone, gone_faces, bank, auto_strength=True)
     assert all(f.info["strength"] >= 0.9 and "no_refs_scale" not in f.info for f in with_refs.faces)
