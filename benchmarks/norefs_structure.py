@@ -163,15 +163,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", default=None, metavar="MD", help="write the markdown here (never overwrites)")
     a = ap.parse_args(argv)
-    out = Path(a.write) if a.write else None
-    if out is not None and out.exists():
-        ap.error(f"{out} exists; choose another --write path")
+    out = Q.results_path(ap, a.write)
     md = markdown(run(a.data, a.people, a.seed, a.noise_seed, a.threads), argv)
     print(md)
-    if out is not None:
-        from restorer_core.io.atomic import write_text_atomic
-
-        write_text_atomic(out, md)
+    Q.write_markdown(out, md)
     return 0
 
 

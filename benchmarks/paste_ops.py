@@ -24,6 +24,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import quality as Q  # noqa: E402  (results_path / write_markdown: checked before the work, never overwritten)
 
 from restorer_core.faces.align import align_face  # noqa: E402
 from restorer_core.faces.detect.base import DetectedFace  # noqa: E402
@@ -92,17 +95,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", default=None, metavar="MD", help="write the table here (never overwrites)")
     a = ap.parse_args(argv)
-    out = Path(a.write) if a.write else None
-    if out is not None and out.exists():
-        ap.error(f"{out} exists; choose another --write path")
+    out = Q.results_path(ap, a.write)
     torch.set_num_threads(1)
     rows = [measure(blur, mask) for blur in ("cpu form", "gpu form") for mask in (True, False)]
     md = markdown(rows)
     print(md)
-    if out is not None:
-        from restorer_core.io.atomic import write_text_atomic
-
-        write_text_atomic(out, md)
+    Q.write_markdown(out, md)
     return 0
 
 

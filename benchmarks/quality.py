@@ -711,6 +711,13 @@ def write_results(out: Optional[Path], res: dict, md: str) -> None:
         print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
 
 
+def write_markdown(out: Optional[Path], md: str) -> None:
+    """Only the markdown at `out` (checked by results_path), atomically; nothing when out is None."""
+    if out is not None:
+        write_text_atomic(out, md)
+        print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=QualityConfig.data, help="face cache .npz (restorer_core.train.prepare)")

@@ -320,6 +320,26 @@ def test_pipeline_follows_automatic_strength_only_with_the_temporal_option(monke
     assert all(f.info.get("kept") for f in results["manual 0"])
 
 
+def test_video_option_takes_sixteen_bit_and_grey_frames():
+    """RestoreOptions.temporal re-cuts each frame's faces from its own pixels whatever their layout
+    (16-bit RGB, grey): outputs keep the frames' dtype and shape, and the faces are restored."""
+    from restorer_core.restore.pipeline import RestoreOptions
+
+    class Detector:
+        def detect(self, image):
+            return [det(FACE)]
+
+    pipe = tiny_pipeline()
+    texture = np.random.default_rng(0).integers(40, 200, (300, 300))
+    for frame in (np.repeat(texture[..., None], 3, axis=2).astype(np.uint16) * 257, texture.astype(np.uint8)):
+        options = RestoreOptions(detector="fake", crop_size=64, strength=1.0, temporal=LandmarkSmoother())
+        pipe.add_detector(options, Detector())
+        results = pipe.restore_images([frame, frame.copy()], None, options, names=["f0", "f1"])
+        for r in results:
+            assert r.pixels.dtype == frame.dtype and r.pixels.shape == frame.shape
+            assert r.record.status == "restored" and not np.array_equal(r.pixels, frame)
+
+
 def test_structure_gate_is_smoothed_with_the_track_not_after_it(monkeypatch):
     """Without references a face whose structure reading sits at the gate flips between kept and
     restored frame by frame; with the temporal option the gate's factor goes through the track's

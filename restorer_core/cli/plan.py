@@ -14,7 +14,6 @@ from .usage import UsageError
 
 if TYPE_CHECKING:
     from ..faces.select import FaceSelection
-    from ..restore.identity_gate import option_fields
     from ..restore.pipeline import RestoreOptions
 
 
@@ -38,7 +37,6 @@ def validate(args: argparse.Namespace) -> RestorePlan:
     """Step 1: every check that needs no model. Raises UsageError; writes nothing."""
     from ..io.outputs import check_folder_writable, settings_digest
     from ..restore.paste import PasteConfig
-    from ..restore.identity_gate import option_fields
     from ..restore.pipeline import RestoreOptions
 
     out_dir = Path(args.out)

@@ -26,6 +26,7 @@ from ..errors import CancelledError
 from ..options import SPEEDS
 from ..threads import ThreadMap
 from ..faces import warp_torch
+from ..faces.locate import rgb_float
 from ..faces.records import AlignedFace
 from ..faces.identity import IdentityScorer
 from .paste import PasteConfig, paste_faces
@@ -556,7 +557,7 @@ class FaceRestorePipeline:
             record = ImageRecord(input=name, width=int(arr.shape[1]), height=int(arr.shape[0]))
             t0 = time.perf_counter()
             if options.temporal is not None:  # in frame order: the smoother follows tracks over frames
-                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else _rgb_float(arr)
+                pixels_rgb = arr if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 else rgb_float(arr)
                 with self._detect_lock:
                     faces = options.temporal.realign(faces, pixels_rgb, frame_key=name)
                 if options.strength == AUTO:
