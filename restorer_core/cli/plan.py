@@ -37,6 +37,7 @@ def validate(args: argparse.Namespace) -> RestorePlan:
     """Step 1: every check that needs no model. Raises UsageError; writes nothing."""
     from ..io.outputs import check_folder_writable, settings_digest
     from ..restore.paste import PasteConfig
+    from ..restore.identity_gate import option_fields
     from ..restore.pipeline import RestoreOptions
 
     out_dir = Path(args.out)
