@@ -58,12 +58,12 @@ WIDGETS = {
     "OneStepReferenceBank": ["folder", "detector", "detector_model", "threshold", "align_size"],
     "OneStepReferenceBankFromImages": ["detector", "detector_model", "threshold", "align_size"],
     "OneStepRestore": ["mode", "max_refs", "strength", "seed", "control_after_generate", "batch_size",
-                       "auto_strength"],
+                       "auto_strength", "keep_identity_without_refs"],
     "OneStepPasteFacesBack": ["color_fix", "mask_shape", "feather", "erosion"],
     "OneStepRestoreFaces": ["mode", "max_refs", "strength", "seed", "control_after_generate", "batch_size",
                             "detector", "detector_model", "threshold", "selection", "max_faces", "face_indices",
                             "min_face_size", "similarity_threshold", "color_fix", "mask_shape", "feather",
-                            "erosion", "auto_strength", "smooth_landmarks"],
+                            "erosion", "auto_strength", "smooth_landmarks", "keep_identity_without_refs"],
     "OneStepFaceSimilarity": [],
 }
 FRONTEND_ONLY_WIDGETS = {"control_after_generate", "upload"}
@@ -296,7 +296,7 @@ DETECT = {"detector": "yunet", "detector_model": "default", "threshold": 0.7}
 SELECT_ALL = {"selection": "all", "max_faces": 0, "face_indices": "0", "min_face_size": 0,
               "similarity_threshold": 0.4}
 RESTORE = {"mode": "auto", "max_refs": 4, "strength": 1.0, "seed": 0, "control_after_generate": "fixed",
-           "batch_size": 8, "auto_strength": True}
+           "batch_size": 8, "auto_strength": True, "keep_identity_without_refs": True}
 PASTE = {"color_fix": "wavelet", "mask_shape": "landmarks", "feather": 24.0, "erosion": 8.0}
 BANK = dict(DETECT, align_size=512)
 # blake_lively.jpg is 700x464: the child on the left half, the adult on the right half

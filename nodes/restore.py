@@ -60,10 +60,24 @@ def optional_restore_inputs() -> dict:
                                          "lists each face's strength. Off: the strength value is used for every face."})}
 
 
+def no_refs_input() -> dict:
+    """The last optional widget (saved workflows keep their order): the no-references policy."""
+    return {"keep_identity_without_refs": (
+        "BOOLEAN", {"default": True, "label_on": "keep identity", "label_off": "full strength",
+                    "tooltip": "Without references and with auto_strength on. keep identity (default): "
+                               f"each face's strength is scaled by {NO_REFS_STRENGTH:g}, less for a face with "
+                               "little structure left, and a face too blurred to guess who it is is kept as "
+                               "it was (any guess lowered identity on held-out people). full strength: the "
+                               "detail measure alone decides, as before; sharper, less like the person. "
+                               "With references connected it does nothing."})}
+
+
 def make_options(mode: str, max_refs: int, strength: float, seed: int, batch_size: int,
-                 paste: Optional[PasteConfig] = None, auto_strength: bool = True) -> RestoreOptions:
+                 paste: Optional[PasteConfig] = None, auto_strength: bool = True,
+                 keep_identity: bool = True) -> RestoreOptions:
+    no_refs = {} if keep_identity else {"no_refs_strength": 1.0, "no_refs_structure_gate": False}
     opts = RestoreOptions(mode=mode, max_refs=int(max_refs), strength=AUTO if auto_strength else float(strength),
-                          seed=int(seed), batch_size=int(batch_size), cache_dir=cb.cache_dir())
+                          seed=int(seed), batch_size=int(batch_size), cache_dir=cb.cache_dir(), **no_refs)
     if paste is not None:
         opts.paste = paste
     return opts
@@ -95,14 +109,15 @@ def one_step_inputs() -> dict:
                 "faces": (FACES, {"tooltip": "Aligned faces from Detect Faces."})}
     required.update(restore_inputs())
     return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
-                                               **optional_restore_inputs()}}
+                                               **optional_restore_inputs(), **no_refs_input()}}
 
 
 def one_step_restore(restorer: FaceRestorerHandle, faces: FaceSet, mode: str, max_refs: int,
                      strength: float, seed: int, batch_size: int, reference_bank: Optional[Any] = None,
-                     auto_strength: bool = True) -> tuple:
+                     auto_strength: bool = True, keep_identity_without_refs: bool = True) -> tuple:
     """Restores detected faces in one network pass each, optionally guided by a reference bank."""
-    options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
+    options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength,
+                           keep_identity=keep_identity_without_refs)
     out, lines = ops.restore(restorer, faces, reference_bank, options)
     lines = lines + strength_lines(out)
     lines += identity_lines(restorer, faces, reference_bank, options)
@@ -119,7 +134,7 @@ def restore_faces_inputs() -> dict:
     required.update(paste_inputs())
     return {"required": required, "optional": {"reference_bank": (REF_BANK, BANK_TOOLTIP),
                                                **optional_restore_inputs(),
-                                               "smooth_landmarks": smoothing_input()}}
+                                               "smooth_landmarks": smoothing_input(), **no_refs_input()}}
 
 
 def restore_faces(image, restorer: FaceRestorerHandle, mode: str, max_refs: int, strength: float, seed: int,
@@ -127,9 +142,10 @@ def restore_faces(image, restorer: FaceRestorerHandle, mode: str, max_refs: int,
                   max_faces: int, face_indices: str, min_face_size: int, similarity_threshold: float,
                   color_fix: str, mask_shape: str, feather: float, erosion: float,
                   reference_bank: Optional[Any] = None, auto_strength: bool = True,
-                  smooth_landmarks: bool = False) -> tuple:
+                  smooth_landmarks: bool = False, keep_identity_without_refs: bool = True) -> tuple:
     """Detect, restore and paste back in one node (same steps as the three split nodes)."""
-    options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength)
+    options = make_options(mode, max_refs, strength, seed, batch_size, auto_strength=auto_strength,
+                           keep_identity=keep_identity_without_refs)
     paste_cfg = PasteConfig(mask=mask_shape, erosion=float(erosion), feather=float(feather), color_fix=color_fix)
     det = ops.get_detector(detector, detector_model, threshold)
     sel, sim = make_selection(selection, max_faces, face_indices, min_face_size, similarity_threshold,

@@ -467,6 +467,14 @@ def test_auto_strength_leaves_sharp_faces_restores_blurred_ones_and_reports_each
     assert "too blurred to restore without references" in kept_report
     assert "already sharp" not in kept_report  # the strength line gives the face's own reason
     assert torch.equal(kept_out, gone)
+    for node in ("OneStepRestore", "OneStepRestoreFaces"):  # the widget that turns the policy off, last
+        optional = list(N[node].INPUT_TYPES()["optional"])
+        assert optional[-1] == "keep_identity_without_refs"
+    full, full_out, _, _ = restore_paste(N, handle, gone, gone_faces, auto_strength=True,
+                                         keep_identity_without_refs=False)
+    assert all(f.info["strength"] >= 0.9 and "no_refs_scale" not in f.info and not f.info.get("kept")
+               for f in full.faces)
+    assert (full_out - gone).abs().max().item() > 10 / 255
     with_refs, refs_out, _, _ = restore_paste(N, handle, gone, gone_faces, bank, auto_strength=True)
     assert all(f.info["strength"] >= 0.9 and "no_refs_scale" not in f.info for f in with_refs.faces)
     assert (refs_out - gone).abs().max().item() > 10 / 255
