@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from restorer_core.io.atomic import write_text_atomic  # noqa: E402
 from detail_calibration import BEFORE  # noqa: E402
 from restorer_core.restore.detail import DEFAULT_DETAIL, estimate_detail  # noqa: E402
+from restorer_core.restore.identity_gate import NO_REFS_STRENGTH, structure_factor  # noqa: E402
 from restorer_core.faces.detect import cached_detector  # noqa: E402
 from restorer_core.io.imageio import load_image, to_rgb8  # noqa: E402
 from restorer_core.faces.locate import locate_faces_report  # noqa: E402
@@ -63,18 +64,25 @@ def markdown(rows: list, real_lq: Path, resolution: int, seconds: float) -> str:
              f"(sharp {BEFORE.sharp}, blurred {BEFORE.blurred}, no noise term); after: DetailConfig() (sharp {cfg.sharp}, "
              f"blurred {cfg.blurred}, noise_free {cfg.noise_free}, noise_weight {cfg.noise_weight}). "
              f"detail / noise / effective: restorer_core/restore/detail.py. Measured on the 2-core CPU dev machine "
-             f"in {seconds:.0f} s by benchmarks/detail_real_lq.py.", "",
-             "| image | face | native px | detail | noise | effective | size term | strength before | strength after |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"in {seconds:.0f} s by benchmarks/detail_real_lq.py. structure: detail.structure_measure; "
+             f"no refs: the strength the pipeline uses without references (strength after x {NO_REFS_STRENGTH:g} x "
+             f"the structure gate's factor, restorer_core/restore/identity_gate.py; 0: kept).", "",
+             "| image | face | native px | detail | noise | effective | size term | strength before | strength after "
+             "| structure | no refs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path, idx, _, old, new in rows:
+        no_refs = new.strength * NO_REFS_STRENGTH * structure_factor(True, False, new.structure)
         lines.append(f"| {path.relative_to(real_lq).as_posix()} | {idx} | {new.native_px:.0f} | {new.detail:.3f} "
                      f"| {new.noise:.3f} | {new.effective:.3f} | {new.size_term:.2f} | {old.strength:.2f} "
-                     f"| **{new.strength:.2f}** |")
+                     f"| **{new.strength:.2f}** | {new.structure:.2f} | {no_refs:.2f} |")
     before = np.array([r[3].strength for r in rows])
     after = np.array([r[4].strength for r in rows])
     lines += ["", f"{len(rows)} faces: strength 0 before {np.mean(before == 0):.0%}, after {np.mean(after == 0):.0%}; "
                   f"strength ≥ 0.5 before {np.mean(before >= 0.5):.0%}, after {np.mean(after >= 0.5):.0%}; "
                   f"mean before {before.mean():.2f}, after {after.mean():.2f}."]
+    gated = np.array([r[4].strength * NO_REFS_STRENGTH * structure_factor(True, False, r[4].structure) for r in rows])
+    lines += ["", f"Without references: {np.sum((after > 0) & (gated == 0))} of the {np.sum(after > 0)} faces the measure "
+                  f"would restore are kept by the structure gate; mean strength {gated.mean():.2f}."]
     return "\n".join(lines) + "\n"
 
 
