@@ -184,9 +184,9 @@ def band_measures(crop: np.ndarray, analysis_px: int, config: DetailConfig = DEF
 
 
 def structure_measure(crop: np.ndarray, config: DetailConfig = DEFAULT_DETAIL) -> float:
-    """How much mid-scale shape the face centre keeps (DetailConfig.structure_*): about 0.9 for
-    clean faces, 0.7-0.8 at 4-8x blur, below 0.5 at 16x (training people, benchmarks/norefs_structure.py).
-    A flat patch: 0."""
+    """How much mid-scale shape the face centre keeps (DetailConfig.structure_*); contrast-free.
+    Medians on training people (benchmarks/results/norefs_structure_train.md): x4 0.81, x8 0.71,
+    x16 0.47; clean photos about 0.9. Noise at the face's own scale raises it. A flat patch: 0."""
     gray = _gray(crop)
     size = int(config.structure_px)
     if gray.shape[0] != size or gray.shape[1] != size:
