@@ -305,3 +305,26 @@ def test_cli_summary_counts_kept_faces_apart_from_restored(model_file, real_lq_d
     out = cv2.cvtColor(cv2.imread(image["output"]), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(out[:, :200], pair[:, :200])
     assert np.abs(out[:, 250:].astype(int) - pair[:, 250:].astype(int)).max() > 0
+
+
+def test_cli_summary_says_why_each_kept_face_was_kept(model_file, real_lq_dir, tmp_path, capsys):
+    """Sharp, x8 and x16 copies of one photo side by side, no references: the sharp face is kept as
+    already sharp, the x16 one as too blurred to guess who it is; the summary tells them apart."""
+    from restorer_core.cli import main
+    from restorer_core.io.imageio import load_image
+    from restorer_core.restore.identity_gate import KEPT_STRUCTURELESS
+
+    sharp = load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
+    row = np.hstack([sharp, degrade_fixed(sharp, 8, seed=3), degrade_fixed(sharp, 16, seed=0)])
+    src = tmp_path / "row.png"
+    cv2.imwrite(str(src), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
+    report_path = tmp_path / "report.json"
+    assert main(["restore", str(src), "--out", str(tmp_path / "out"), "--model", str(model_file),
+                 "--report", str(report_path)]) == 0
+    err = capsys.readouterr().err
+    assert ("1 face(s) restored, 2 kept as they were (1 already sharp, "
+            "1 too blurred to restore without references: give --refs)") in err
+    import json
+
+    faces = sorted(json.loads(report_path.read_text())["images"][0]["faces"], key=lambda f: f["box"][0])
+    assert [f["status"] for f in faces] == ["kept", "restored", "kept"] and faces[2]["reason"] == KEPT_STRUCTURELESS

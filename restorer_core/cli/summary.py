@@ -51,6 +51,23 @@ def write_run_report(report: "RunReport", path: Path) -> Path:
                             lambda p: write_report(report, p))
 
 
+def kept_reasons(report: "RunReport") -> str:
+    """Why the kept faces were kept, short: "already sharp", or counts per reason when they differ."""
+    from collections import Counter
+
+    from ..io.report import KEPT
+    from ..restore.detail import KEPT_MANUAL, KEPT_SHARP
+    from ..restore.identity_gate import KEPT_STRUCTURELESS
+
+    short = {KEPT_SHARP: "already sharp", KEPT_MANUAL: "strength 0",
+             KEPT_STRUCTURELESS: "too blurred to restore without references: give --refs"}
+    counts = Counter(short.get(f.reason, "identity gate" if f.reason.startswith("identity gate") else f.reason)
+                     for im in report.images for f in im.faces if f.status == KEPT)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n} {why}" for why, n in counts.most_common())
+
+
 def summarize(report: "RunReport", report_path: Optional[Path]) -> int:
     """Step 5: the per-image summary on stderr; the exit code the report calls for (1 also when
     the report could not be written: report_path None)."""
@@ -58,10 +75,7 @@ def summarize(report: "RunReport", report_path: Optional[Path]) -> int:
     done = f", {totals['images_done_before']} done by an earlier run" if totals["images_done_before"] else ""
     kept = ""
     if totals["faces_kept"]:
-        from ..restore.detail import AUTO
-
-        why = "already sharp" if str(report.settings.get("strength", AUTO)).strip().lower() == AUTO else "strength 0"
-        kept = f", {totals['faces_kept']} kept as they were ({why})"
+        kept = f", {totals['faces_kept']} kept as they were ({kept_reasons(report)})"
     print(f"{totals['images']} image(s): {totals['images_restored']} restored, "
           f"{totals['images_unchanged']} unchanged (no face restored), {totals['images_failed']} failed{done}; "
           f"{totals['faces_restored']} face(s) restored{kept}. Report: {report_path or 'NOT WRITTEN (see above)'}",
