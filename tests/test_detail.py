@@ -278,23 +278,29 @@ def test_cli_strength_auto_by_default_number_overrides_bad_value_is_usage_error(
     assert not (tmp_path / "bad").exists()
 
 
-def test_cli_summary_counts_kept_faces_apart_from_restored(model_file, real_lq_dir, tmp_path, capsys):
-    """One photo with a sharp face and an x8-degraded copy of it: one face restored, one kept."""
+def _restore_side_by_side(model_file, real_lq_dir, tmp_path, capsys, scales: tuple) -> tuple:
+    """Copies of one sharp LFW photo side by side (scale 1: as it is, else degraded), restored by
+    the CLI without references -> (the pixels in, the summary on stderr, the report)."""
     import json
 
     from restorer_core.cli import main
     from restorer_core.io.imageio import load_image
 
     sharp = load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
-    pair = np.hstack([sharp, degrade_fixed(sharp, 8, seed=3)])
-    src = tmp_path / "pair.png"
-    cv2.imwrite(str(src), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR))
+    seeds = {8: 3, 16: 0}
+    row = np.hstack([sharp if s == 1 else degrade_fixed(sharp, s, seed=seeds[s]) for s in scales])
+    src = tmp_path / "row.png"
+    cv2.imwrite(str(src), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
     report_path = tmp_path / "report.json"
     assert main(["restore", str(src), "--out", str(tmp_path / "out"), "--model", str(model_file),
                  "--report", str(report_path)]) == 0
-    err = capsys.readouterr().err
+    return row, capsys.readouterr().err, json.loads(report_path.read_text())
+
+
+def test_cli_summary_counts_kept_faces_apart_from_restored(model_file, real_lq_dir, tmp_path, capsys):
+    """One photo with a sharp face and an x8-degraded copy of it: one face restored, one kept."""
+    pair, err, report = _restore_side_by_side(model_file, real_lq_dir, tmp_path, capsys, (1, 8))
     assert "1 face(s) restored, 1 kept as they were (already sharp)" in err
-    report = json.loads(report_path.read_text())
     image = report["images"][0]
     assert (image["faces_restored"], image["faces_kept"], image["status"]) == (1, 1, "restored")
     assert report["totals"]["faces_kept"] == 1 and report["totals"]["faces_restored"] == 1
@@ -310,21 +316,10 @@ def test_cli_summary_counts_kept_faces_apart_from_restored(model_file, real_lq_d
 def test_cli_summary_says_why_each_kept_face_was_kept(model_file, real_lq_dir, tmp_path, capsys):
     """Sharp, x8 and x16 copies of one photo side by side, no references: the sharp face is kept as
     already sharp, the x16 one as too blurred to guess who it is; the summary tells them apart."""
-    from restorer_core.cli import main
-    from restorer_core.io.imageio import load_image
     from restorer_core.restore.identity_gate import KEPT_STRUCTURELESS
 
-    sharp = load_image(real_lq_dir / "lfw_references" / "Michael_Chang" / "Michael_Chang_0005.jpg").rgb8
-    row = np.hstack([sharp, degrade_fixed(sharp, 8, seed=3), degrade_fixed(sharp, 16, seed=0)])
-    src = tmp_path / "row.png"
-    cv2.imwrite(str(src), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-    report_path = tmp_path / "report.json"
-    assert main(["restore", str(src), "--out", str(tmp_path / "out"), "--model", str(model_file),
-                 "--report", str(report_path)]) == 0
-    err = capsys.readouterr().err
+    _, err, report = _restore_side_by_side(model_file, real_lq_dir, tmp_path, capsys, (1, 8, 16))
     assert ("1 face(s) restored, 2 kept as they were (1 already sharp, "
             "1 too blurred to restore without references: give --refs)") in err
-    import json
-
-    faces = sorted(json.loads(report_path.read_text())["images"][0]["faces"], key=lambda f: f["box"][0])
+    faces = sorted(report["images"][0]["faces"], key=lambda f: f["box"][0])
     assert [f["status"] for f in faces] == ["kept", "restored", "kept"] and faces[2]["reason"] == KEPT_STRUCTURELESS
