@@ -3,7 +3,8 @@
 On a GPU every dispatched operation is a kernel launch made by the pasting thread while it holds
 the interpreter lock, and the paste was half of the lock's samples in the CLI's video run
 (benchmarks/results/gil_profile_h100_cli_video_jpeg_opencv.md). This counts them on the CPU with
-torch.profiler (leaf aten operations that do work; views, allocations and metadata left out),
+torch.profiler (aten operations that do the work themselves: views, allocations and metadata
+left out, and an operation that only calls others counted through them),
 for the form each device runs: the CPU's colour-fix blur (shifted sums) and the GPU's (one
 convolution per level, forced here), with and without the blend mask (the CLI asks for none).
 
@@ -51,13 +52,14 @@ def frame_and_face():
 
 
 def working_ops(fn) -> Counter:
-    """Leaf aten operations that do work, by name, of one call of fn (after a warm-up call)."""
+    """Aten operations that do work themselves (none of their children does), by name, of one call
+    of fn (after a warm-up call)."""
     fn()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    parents = {e.cpu_parent.id for e in events if e.cpu_parent is not None}
-    return Counter(e.name for e in events if e.id not in parents and e.name not in NOT_WORK)
+    work = [e for e in prof.events() if e.name.startswith("aten::") and e.name not in NOT_WORK]
+    calls_more = {e.cpu_parent.id for e in work if e.cpu_parent is not None}  # its work is its children's
+    return Counter(e.name for e in work if e.id not in calls_more)
 
 
 def measure(blur: str, mask: bool, repeats: int = 5) -> dict:
@@ -81,8 +83,8 @@ def measure(blur: str, mask: bool, repeats: int = 5) -> dict:
 def markdown(rows: list) -> str:
     out = ["# Torch operations per paste-back (one 1080p frame, one 512 px face)", "",
            f"`python benchmarks/paste_ops.py` on the 2-core CPU dev machine, torch {torch.__version__}, "
-           "1 thread. Operations: leaf aten operations that do work (torch.profiler; views, allocations, "
-           "metadata left out): on a GPU, about one kernel launch each. ms: the CPU's own time per paste "
+           "1 thread. Operations: aten operations that do the work themselves (torch.profiler; views, "
+           "allocations, metadata left out): on a GPU, about one kernel launch each. ms: the CPU's own time per paste "
            "(its compute, not what a GPU would take).", "",
            "| colour-fix blur | blend mask | operations | most frequent | CPU ms |", "|---|---|---|---|---|"]
     for r in rows:

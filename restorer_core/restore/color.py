@@ -82,8 +82,9 @@ def _binomial_blur_shifted(x: Any, radius: int) -> Any:
 
 def _binomial_blur_conv(x: Any, radius: int) -> Any:
     """wavelet_blur on a [B, C, H, W] tensor as one dilated depthwise 3x3 convolution of the
-    replicate-padded image: two kernel launches instead of eleven (the form for a GPU, where
-    the paste thread's launches hold the interpreter lock)."""
+    replicate-padded image: two operations (kernel launches on a GPU) instead of eleven
+    (benchmarks/results/paste_ops_cpu.md); the form for a GPU, where the paste thread's launches
+    hold the interpreter lock."""
     import torch.nn.functional as F
 
     c, r = x.shape[1], radius
