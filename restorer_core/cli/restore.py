@@ -201,7 +201,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     r.add_argument("--no-structure-gate", dest="no_refs_structure_gate", action="store_false",
                    help="without references, restore faces too blurred to guess who they are as well (by default "
                         "their automatic strength falls to 0 with their remaining structure and they are kept, "
-                        "since any guess lowered their identity on held-out people; references restore them)")
+                        "since at 16x blur every strength tried lowered identity: dlib, training people; references "
+                        "restore them)")
     r.add_argument("--crop-size", type=int, default=None,
                    help="aligned crop size (default: max(model resolution, 512))")
     r.add_argument("--no-detail-transfer", dest="detail_transfer", action="store_false",

@@ -219,15 +219,16 @@ def estimate_detail(crop: np.ndarray, matrix: np.ndarray, resolution: int,
                     config: DetailConfig = DEFAULT_DETAIL) -> DetailEstimate:
     """The detail of an aligned crop (cut with the image -> crop `matrix`) for a restorer working at
     `resolution` px, and the automatic strength that follows."""
-    native = native_size(np.asarray(crop).shape[0], matrix)
+    gray = _gray(crop)  # once for both readings (band_measures and structure_measure take it as it is)
+    native = native_size(gray.shape[0], matrix)
     analysis = int(round(min(native, float(resolution))))
-    detail, noise = band_measures(crop, analysis, config, native)
+    detail, noise = band_measures(gray, analysis, config, native)
     effective = effective_detail(detail, noise, config)
     sharpness = smoothstep((config.sharp - effective) / (config.sharp - config.blurred))
     full = config.full_below * resolution
     size = smoothstep((resolution - native) / (resolution - full))
     return DetailEstimate(detail, noise, effective, native, max(analysis, config.min_analysis_px), sharpness, size,
-                          max(sharpness, size), structure_measure(crop, config))
+                          max(sharpness, size), structure_measure(gray, config))
 
 
 def check_strength(strength: Union[str, float]) -> Union[str, float]:
